@@ -1,0 +1,175 @@
+"""The provider-neutral conversation model and the stream events of the contract.
+
+Every dialect translates a `ChatRequest` into its own wire format and decodes its
+stream into the events below; the daemon relays those events to its clients, and
+`cmctl chat --json` prints them one JSON object per line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+# ---------------------------------------------------------------- conversation
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ImagePart(msgspec.Struct, tag="image", tag_field="type", kw_only=True):
+    media_type: str = "image/png"
+    data: str = ""  # base64, when the image travels inline
+    url: str | None = None
+
+
+class ToolCallPart(msgspec.Struct, tag="tool_call", tag_field="type"):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolResultPart(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True):
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+class ThinkingPart(msgspec.Struct, tag="thinking", tag_field="type", kw_only=True):
+    text: str
+    signature: str | None = None
+    # Signatures belong to the provider that produced them; other providers drop the part.
+    provider: str | None = None
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
+
+
+class Message(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[Part]
+
+    def text(self) -> str:
+        """The message's plain text (text parts joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ChatRequest(msgspec.Struct, kw_only=True):
+    """One chat request, as written once by a client and served by any dialect."""
+
+    messages: list[Message]
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    tools: list[Tool] = msgspec.field(default_factory=list)
+    tool_choice: str | None = None  # "auto" | "none" | "required" | a tool name
+
+
+# ---------------------------------------------------------------- stream events
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class ProviderEvent(msgspec.Struct, tag="provider", tag_field="type"):
+    """A provider starts serving (the first one, or the next after a failover)."""
+
+    provider: str
+    model: str
+
+
+class TextEvent(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ThinkingEvent(msgspec.Struct, tag="thinking", tag_field="type"):
+    text: str
+    signature: str | None = None
+
+
+class ToolCallEvent(msgspec.Struct, tag="tool_call", tag_field="type"):
+    """A whole tool call: forwarded only once its arguments are complete."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class FailoverEvent(msgspec.Struct, tag="failover", tag_field="type", kw_only=True):
+    from_: str = msgspec.field(name="from")
+    to: str
+    reason: str
+    after_output: bool
+    message: str = ""
+
+
+class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
+    provider: str
+    model: str
+    finish_reason: str
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One provider's part in a failed request, for the error event."""
+
+    provider: str
+    error: str
+    model: str = ""
+    kind: str = ""
+
+
+class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    kind: str
+    message: str
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    retry_after_s: float | None = None
+
+
+StreamEvent = (
+    ProviderEvent | TextEvent | ThinkingEvent | ToolCallEvent | FailoverEvent | DoneEvent | ErrorEvent
+)
+
+# Finish reasons, normalised to OpenAI's names (what the contract's `done` shows).
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class Finished(msgspec.Struct, kw_only=True):
+    """A dialect decoder's verdict that the upstream stream completed (not sent to clients)."""
+
+    finish_reason: str
+    usage: Usage = msgspec.field(default_factory=Usage)
+    model: str = ""
+
+
+# What a dialect decoder yields.
+DecodedItem = TextEvent | ThinkingEvent | ToolCallEvent | Finished
+
+ErrorKind = Literal[
+    "unknown_model",
+    "bad_request",
+    "content_filter",
+    "all_providers_failed",
+    "all_providers_cooling",
+    "truncated",
+    "cancelled",
+    "protocol_error",
+    "frame_too_large",
+    "shutting_down",
+    "internal",
+]

@@ -1,0 +1,397 @@
+"""`cmctl`: run, inspect and use the combined-models daemon.
+
+Exit codes: 0 ok, 1 the request failed, 2 usage or config error, 3 daemon not reachable.
+Heavy modules (trio, httpx, the daemon) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import msgspec
+
+from .. import __version__
+from ..chat import (
+    DoneEvent,
+    ErrorEvent,
+    FailoverEvent,
+    ProviderEvent,
+    StreamEvent,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
+from ..paths import ENV_CONFIG, ENV_SOCKET, config_file, log_dir, socket_path
+from ..protocol import ModelsInfo, StatusInfo
+from .sync import Client, ConnectionClosed, DaemonUnavailable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+
+class UsageError(Exception):
+    pass
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    return Path(args.socket).expanduser() if args.socket else socket_path()
+
+
+def _config(args: argparse.Namespace) -> Path:
+    return Path(args.config).expanduser() if getattr(args, "config", None) else config_file()
+
+
+def _err(msg: str) -> None:
+    print(f"cmctl: {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- serve / start / stop
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
+    from ..paths import PathError
+
+    path = _config(args)
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        _err(f"bad config: {e}")
+        return EXIT_USAGE
+    from ..daemon import run_daemon
+    from ..daemon.server import AlreadyRunning
+
+    try:
+        run_daemon(cfg, _socket(args), path)
+    except AlreadyRunning as e:
+        _err(f"{e}; not starting a second one (stop it with `cmctl stop`)")
+        return EXIT_FAILED
+    except PathError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _daemon_pid(sock: Path) -> int | None:
+    try:
+        with Client(sock, timeout=5) as c:
+            return c.welcome.pid if c.welcome else None
+    except (DaemonUnavailable, ConnectionClosed):
+        return None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    sock = _socket(args)
+    pid = _daemon_pid(sock)
+    if pid is not None:
+        print(f"already running (pid {pid}) on {sock}")
+        return EXIT_OK
+    logs = log_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "daemon.log"
+    cmd = [sys.executable, "-m", "combined_models.client.cli", "serve", "--socket", str(sock)]
+    if args.config:
+        cmd += ["--config", str(_config(args))]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            _err("the daemon exited at once:\n  " + "\n  ".join(tail))
+            return code if code in (EXIT_USAGE, EXIT_FAILED) else EXIT_FAILED
+        pid = _daemon_pid(sock)
+        if pid is not None:
+            print(f"started (pid {pid}) on {sock}; log: {log_path}")
+            return EXIT_OK
+        time.sleep(0.05)
+    _err(f"the daemon did not answer within {START_TIMEOUT:.0f}s; see {log_path}")
+    return EXIT_FAILED
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    sock = _socket(args)
+    try:
+        with Client(sock, timeout=5) as c:
+            pid = c.welcome.pid if c.welcome else None
+            c.shutdown()
+    except DaemonUnavailable:
+        _err(f"no daemon running on {sock}")
+        return EXIT_UNREACHABLE
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if _daemon_pid(sock) is None and not sock.exists():
+            print(f"stopped (pid {pid})")
+            return EXIT_OK
+        time.sleep(0.05)
+    _err(f"the daemon (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s")
+    return EXIT_FAILED
+
+
+# ---------------------------------------------------------------- status / models
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def render_status(st: StatusInfo) -> str:
+    d = st.daemon
+    lines = [f"daemon  pid {d.pid}  version {d.version}  up {_ago(d.uptime_s)}  socket {d.socket}"]
+    if not st.providers:
+        lines.append("no providers configured (see `cmctl --help` for the config file)")
+        return "\n".join(lines)
+    rows = [
+        ["PROVIDER", "STATE", "READY IN", "IN-FLIGHT", "REQUESTS", "OK%", "FAILED", "SAVED", "LAST ERROR"]
+    ]
+    for p in st.providers:
+        ready_in = _ago(p.cooldown_remaining_s) if p.cooldown_remaining_s > 0 else "-"
+        ok = "-" if p.success_rate is None else f"{p.success_rate * 100:.0f}%"
+        err = "-"
+        if p.last_error:
+            err = (f"{p.last_error_kind}: " if p.last_error_kind else "") + p.last_error
+            err = err if len(err) <= 70 else err[:69] + "…"
+        rows.append(
+            [
+                p.id,
+                p.state,
+                ready_in,
+                str(p.in_flight),
+                str(p.requests),
+                ok,
+                str(p.failures),
+                str(p.failovers_saved),
+                err,
+            ]
+        )
+        for m in p.models:
+            rows.append([f"  {m.model}", m.state, _ago(m.cooldown_remaining_s), "", "", "", "", "", m.reason])
+    lines.append(_table(rows))
+    return "\n".join(lines)
+
+
+def render_models(info: ModelsInfo) -> str:
+    if not info.models:
+        return "no combined models (configure providers with overlapping models, or [combined.*] entries)"
+    rows = [["MODEL", "MEMBERS (in priority order)"]]
+    for m in info.models:
+        members = ", ".join(f"{x.provider}/{x.model}" for x in m.members)
+        rows.append([m.id + (" *" if m.explicit else ""), members])
+    note = "\n(* explicit [combined] entry)" if any(m.explicit for m in info.models) else ""
+    return _table(rows) + note
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client(_socket(args), timeout=10) as c:
+        st = c.status()
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(st) + b"\n")
+    else:
+        print(render_status(st))
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with Client(_socket(args), timeout=10) as c:
+        info = c.models()
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(info) + b"\n")
+    else:
+        print(render_models(info))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- chat
+
+
+def _human(event: StreamEvent, out: dict[str, bool]) -> None:
+    """Text on stdout; who served it, failovers and the summary on stderr."""
+    err = sys.stderr
+    if isinstance(event, TextEvent):
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+        out["text"] = True
+    elif isinstance(event, ThinkingEvent):
+        err.write(event.text)
+        err.flush()
+    elif isinstance(event, ToolCallEvent):
+        args = msgspec.json.encode(event.arguments).decode()
+        sys.stdout.write(f"\n[tool call {event.name}({args}) id={event.id}]\n")
+    elif isinstance(event, ProviderEvent):
+        err.write(f"[{event.provider}/{event.model}]\n" if not out.get("text") else f"[→ {event.provider}]")
+        err.flush()
+    elif isinstance(event, FailoverEvent):
+        where = "mid-answer" if event.after_output else "before output"
+        err.write(
+            f"\n[failover {event.from_} → {event.to} ({event.reason}, {where})]\n"
+            if not out.get("text")
+            else f"[failover {event.from_} → {event.to}: {event.reason}]"
+        )
+        err.flush()
+    elif isinstance(event, DoneEvent):
+        if out.get("text"):
+            sys.stdout.write("\n")
+        u = event.usage
+        err.write(
+            f"[done: {event.provider}/{event.model}, {event.finish_reason}, "
+            f"{u.input_tokens} in / {u.output_tokens} out]\n"
+        )
+    elif isinstance(event, ErrorEvent):
+        if out.get("text"):
+            sys.stdout.write("\n")
+        err.write(f"cmctl: {event.kind}: {event.message}\n")
+        for a in event.attempts:
+            err.write(f"  {a.provider}{'/' + a.model if a.model else ''}: {a.error}\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("give a PROMPT, or pipe one on stdin")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    status = EXIT_FAILED
+    state: dict[str, bool] = {}
+    with Client(_socket(args)) as c:
+        for event in c.chat(args.model, prompt, system=args.system, max_tokens=args.max_tokens):
+            if args.json:
+                sys.stdout.buffer.write(msgspec.json.encode(event) + b"\n")
+                sys.stdout.flush()
+            else:
+                _human(event, state)
+            if isinstance(event, DoneEvent):
+                status = EXIT_OK
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(fast=args.fast)
+
+
+# ---------------------------------------------------------------- parser
+
+DESCRIPTION = f"""\
+Run and use the combined-models daemon: one model name backed by the same model at
+several providers, failing over (even mid-answer) when one rate-limits or breaks.
+
+Config: {config_file()} (or --config / ${ENV_CONFIG})
+Socket: {socket_path()} (or --socket / ${ENV_SOCKET})
+Exit codes: 0 ok, 1 the request failed, 2 usage or config error, 3 daemon not reachable.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmctl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"combined-models {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
+        p.add_argument("--socket", help=f"the daemon's socket (default: ${ENV_SOCKET} or {socket_path()})")
+        return p
+
+    p = add(
+        "serve",
+        "run the daemon in the foreground (for systemd/launchd and tests)",
+        "Run the daemon in the foreground until SIGTERM, SIGINT or `cmctl stop`. Logs go to stderr.",
+    )
+    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
+    p.set_defaults(func=cmd_serve)
+    p = add(
+        "start",
+        "start the daemon in the background; returns once it answers",
+        f"Start the daemon detached, logging to {log_dir() / 'daemon.log'}; returns once it answers.",
+    )
+    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
+    p.set_defaults(func=cmd_start)
+    p = add("stop", "stop the daemon gracefully (in-flight answers get a few seconds to finish)")
+    p.set_defaults(func=cmd_stop)
+    p = add("status", "daemon and per-provider health: state, time until ready, in-flight, last error")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.set_defaults(func=cmd_status)
+    p = add("models", "combined models and their members in priority order")
+    p.add_argument("--json", action="store_true", help="print the models as one JSON object")
+    p.set_defaults(func=cmd_models)
+    p = add(
+        "chat",
+        "stream one answer from a model",
+        "Stream one answer. MODEL is a combined model id (see `cmctl models`), combined/ID, or "
+        "provider/model for one provider only. Text goes to stdout, who served it and any failover "
+        "to stderr. Exits 1 if the answer could not be completed.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt (read from stdin when omitted)")
+    p.add_argument("--json", action="store_true", help="print every event as one JSON object per line")
+    p.add_argument("--system", help="a system prompt")
+    p.add_argument("--max-tokens", type=int, help="the most tokens to generate")
+    p.set_defaults(func=cmd_chat)
+    p = add(
+        "demo",
+        "simulated providers and a daemon showing failover; needs no keys or network",
+        "Start simulated providers and a private daemon, stream answers while a provider rate-limits, "
+        "breaks mid-answer and recovers, and show the status table. Leaves no process behind.",
+    )
+    p.add_argument("--fast", action="store_true", help="no pauses between the steps")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        sys.exit(EXIT_USAGE)
+    try:
+        code = args.func(args)
+    except UsageError as e:
+        _err(str(e))
+        code = EXIT_USAGE
+    except DaemonUnavailable as e:
+        _err(f"{e}; start it with `cmctl start`")
+        code = EXIT_UNREACHABLE
+    except ConnectionClosed as e:
+        _err(f"lost the daemon: {e}")
+        code = EXIT_UNREACHABLE
+    except BrokenPipeError:
+        code = EXIT_OK
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""`Client`: a blocking client of the daemon's socket, for scripts and `cmctl`.
+
+Imports nothing heavy (no trio, no httpx), so `cmctl status` starts fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+
+from ..chat import ChatRequest, DoneEvent, ErrorEvent, Message, StreamEvent
+from ..paths import socket_path as default_socket_path
+from ..protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Chat,
+    ClientFrame,
+    Error,
+    Event,
+    FrameDecoder,
+    Hello,
+    ModelsInfo,
+    ModelsQuery,
+    ModelsReply,
+    Ok,
+    ServerFrame,
+    Shutdown,
+    StatusInfo,
+    StatusQuery,
+    StatusReply,
+    Welcome,
+    encode_frame,
+    server_decoder,
+)
+
+
+class DaemonUnavailable(Exception):
+    """Nothing answers on the socket (cmctl exit code 3)."""
+
+
+class ConnectionClosed(Exception):
+    """The daemon closed the connection (or sent a connection-level error) mid-request."""
+
+
+class RequestFailed(Exception):
+    """A request ended with an error frame; `.error` has the kind, message and attempts."""
+
+    def __init__(self, error: ErrorEvent) -> None:
+        super().__init__(f"{error.kind}: {error.message}")
+        self.error = error
+
+
+def error_event(frame: Error) -> ErrorEvent:
+    return ErrorEvent(
+        kind=frame.kind, message=frame.message, attempts=frame.attempts, retry_after_s=frame.retry_after_s
+    )
+
+
+def make_request(
+    prompt: str | ChatRequest, *, system: str | None = None, max_tokens: int | None = None
+) -> ChatRequest:
+    if isinstance(prompt, ChatRequest):
+        return prompt
+    return ChatRequest(messages=[Message("user", prompt)], system=system, max_tokens=max_tokens)
+
+
+class Client:
+    """One connection to the daemon; one request at a time (use several clients for parallel work)."""
+
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+    ) -> None:
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._decoder = FrameDecoder()
+        self._pending: list[ServerFrame] = []
+        self._ids = itertools.count(1)
+        self.welcome: Welcome | None = None
+
+    def connect(self) -> Client:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError as e:
+            sock.close()
+            raise DaemonUnavailable(f"no daemon at {self.socket_path} ({e.strerror or e})") from None
+        self._sock = sock
+        self._send(Hello(version=PROTOCOL_VERSION, client="combined-models-client"))
+        frame = self._recv()
+        if isinstance(frame, Error):
+            raise ConnectionClosed(f"{frame.kind}: {frame.message}")
+        if not isinstance(frame, Welcome):
+            raise ConnectionClosed(f"unexpected first frame {type(frame).__name__}")
+        self.welcome = frame
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self.connect() if self._sock is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ frames
+
+    def _send(self, frame: ClientFrame) -> None:
+        assert self._sock is not None, "not connected"
+        try:
+            self._sock.sendall(encode_frame(frame))
+        except OSError as e:
+            raise ConnectionClosed(f"connection to the daemon broke: {e}") from None
+
+    def _recv(self) -> ServerFrame:
+        assert self._sock is not None, "not connected"
+        while not self._pending:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as e:
+                raise ConnectionClosed(f"connection to the daemon broke: {e}") from None
+            if not data:
+                raise ConnectionClosed("the daemon closed the connection")
+            for body in self._decoder.feed(data):
+                try:
+                    self._pending.append(server_decoder.decode(body))
+                except msgspec.DecodeError as e:
+                    raise ConnectionClosed(f"undecodable frame from the daemon: {e}") from None
+        return self._pending.pop(0)
+
+    def _reply(self, rid: int) -> ServerFrame:
+        while True:
+            frame = self._recv()
+            if isinstance(frame, Error) and frame.id == 0:
+                raise ConnectionClosed(f"{frame.kind}: {frame.message}")
+            if getattr(frame, "id", None) == rid:
+                return frame
+
+    # ------------------------------------------------------------ requests
+
+    def status(self) -> StatusInfo:
+        rid = next(self._ids)
+        self._send(StatusQuery(id=rid))
+        frame = self._reply(rid)
+        if not isinstance(frame, StatusReply):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+        return frame.status
+
+    def models(self) -> ModelsInfo:
+        rid = next(self._ids)
+        self._send(ModelsQuery(id=rid))
+        frame = self._reply(rid)
+        if not isinstance(frame, ModelsReply):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+        return frame.models
+
+    def shutdown(self) -> None:
+        rid = next(self._ids)
+        self._send(Shutdown(id=rid))
+        frame = self._reply(rid)
+        if not isinstance(frame, Ok):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+
+    def chat(
+        self,
+        model: str,
+        prompt: str | ChatRequest,
+        *,
+        system: str | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Stream the events of one answer. The last one is a `done` or an `error` event.
+
+        Closing the iterator early cancels the request in the daemon.
+        """
+        rid = next(self._ids)
+        self._send(
+            Chat(id=rid, model=model, request=make_request(prompt, system=system, max_tokens=max_tokens))
+        )
+        finished = False
+        try:
+            while True:
+                frame = self._reply(rid)
+                if isinstance(frame, Error):
+                    finished = True
+                    yield error_event(frame)
+                    return
+                if isinstance(frame, Event):
+                    if isinstance(frame.event, DoneEvent):
+                        finished = True
+                    yield frame.event
+                    if finished:
+                        return
+        finally:
+            if not finished and self._sock is not None:
+                try:
+                    self._send(Cancel(id=rid))
+                except ConnectionClosed:
+                    pass

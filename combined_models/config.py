@@ -1,0 +1,256 @@
+"""The TOML config of the design, decoded into msgspec Structs, with presets for known providers.
+
+A bad file raises `ConfigError` naming the file, the key and what was expected;
+`cmctl` prints it and exits 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+APIS = ("openai", "anthropic", "bedrock", "gemini", "copilot")
+
+
+class ConfigError(Exception):
+    pass
+
+
+class FailoverConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: int = 3  # attempts on one provider for transient errors
+    first_token_timeout: float = 10.0  # seconds from sending to the first content event
+    idle_timeout: float = 20.0  # seconds of silence mid-stream
+    connect_timeout: float = 5.0
+    retry_wait_max: float = 0.0  # wait out a rate limit this short instead of failing over
+    all_cooling_wait: float = 3.0  # when every member cools: wait this long at most for the earliest
+    long_prompt_chars: int = 200_000  # first-token timeout grows by its own length per this many prompt chars
+    retry_backoff: float = 0.25  # first backoff between transient retries (jittered, doubling)
+
+
+class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    api: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    models: list[str] | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    max_concurrency: int = 32
+    first_token_timeout: float | None = None
+    idle_timeout: float | None = None
+    connect_timeout: float | None = None
+    prefill: bool | None = None  # does this provider accept an assistant prefill? (default: by api)
+    region: str | None = None
+    profile: str | None = None
+
+
+class CombinedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    members: list[str]
+
+
+class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    listen: str = "127.0.0.1:4141"
+    token: str | None = None
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    provider_priority: list[str] = msgspec.field(default_factory=list)
+    min_providers: int = 2
+    failover: FailoverConfig = msgspec.field(default_factory=FailoverConfig)
+    providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
+    combined: dict[str, CombinedConfig] = msgspec.field(default_factory=dict)
+    exclude: list[str] = msgspec.field(default_factory=list)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+
+
+@dataclass(frozen=True)
+class Preset:
+    api: str
+    base_url: str | None
+    key_envs: tuple[str, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "anthropic": Preset("anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",)),
+    "openai": Preset(
+        "openai",
+        "https://api.openai.com/v1",
+        ("OPENAI_API_KEY",),
+        options={"max_tokens_field": "max_completion_tokens"},
+    ),
+    "openrouter": Preset(
+        "openai",
+        "https://openrouter.ai/api/v1",
+        ("OPENROUTER_API_KEY",),
+        headers={"x-openrouter-title": "combined-models"},
+        options={"flavour": "openrouter"},
+    ),
+    "amazon-bedrock": Preset("bedrock", None, ("AWS_BEARER_TOKEN_BEDROCK",)),
+    "github-copilot": Preset("copilot", "https://api.githubcopilot.com", ()),
+    "google": Preset(
+        "gemini", "https://generativelanguage.googleapis.com/v1beta", ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedProvider:
+    """A provider as the daemon uses it: preset and file merged, credential found (or not)."""
+
+    id: str
+    api: str
+    base_url: str
+    api_key: str | None
+    key_source: str  # "config file", "env OPENAI_API_KEY", "none": where the key came from, never the key
+    models: tuple[str, ...] | None
+    headers: Mapping[str, str]
+    options: Mapping[str, Any]
+    config: ProviderConfig
+    disabled_reason: str = ""
+
+    def __repr__(self) -> str:  # keys never reach a log line
+        return f"ResolvedProvider(id={self.id!r}, api={self.api!r}, base_url={self.base_url!r})"
+
+
+def _loc(err: msgspec.ValidationError) -> str:
+    text = str(err)
+    msg, _, where = text.rpartition(" - at `")
+    if not where:
+        return text
+    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    return f"`{key}`: {msg}" if key else msg
+
+
+def parse_config(text: str, source: str = "config.toml") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_loc(e)}") from None
+    _check(cfg, source)
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    """The config at `path`; an absent file is the empty default (no providers)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return parse_config(text, str(path))
+
+
+def _check(cfg: Config, source: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: `{key}`: {why}")
+
+    if cfg.min_providers < 1:
+        raise bad("min_providers", f"expected an integer >= 1, got {cfg.min_providers}")
+    f = cfg.failover
+    if f.max_attempts < 1:
+        raise bad("failover.max_attempts", f"expected an integer >= 1, got {f.max_attempts}")
+    for name in ("first_token_timeout", "idle_timeout", "connect_timeout"):
+        if getattr(f, name) <= 0:
+            raise bad(f"failover.{name}", f"expected seconds > 0, got {getattr(f, name)}")
+    for name in ("retry_wait_max", "all_cooling_wait", "retry_backoff"):
+        if getattr(f, name) < 0:
+            raise bad(f"failover.{name}", f"expected seconds >= 0, got {getattr(f, name)}")
+    for pid, p in cfg.providers.items():
+        if "/" in pid or not pid:
+            raise bad(f"providers.{pid}", "a provider id may not be empty or contain '/'")
+        api = p.api or (PRESETS[pid].api if pid in PRESETS else None)
+        if api is None:
+            raise bad(
+                f"providers.{pid}.api",
+                f"expected one of {', '.join(APIS)} (required for a provider without a preset)",
+            )
+        if api not in APIS:
+            raise bad(f"providers.{pid}.api", f"expected one of {', '.join(APIS)}, got {api!r}")
+        if p.base_url is None and pid not in PRESETS and api != "bedrock":
+            raise bad(f"providers.{pid}.base_url", "required for a provider without a preset")
+        if p.base_url is not None and not p.base_url.startswith(("http://", "https://")):
+            raise bad(f"providers.{pid}.base_url", f"expected an http(s) URL, got {p.base_url!r}")
+        if p.max_concurrency < 1:
+            raise bad(f"providers.{pid}.max_concurrency", "expected an integer >= 1")
+    known = set(cfg.providers) | set(PRESETS)
+    for i, pid in enumerate(cfg.provider_priority):
+        if pid not in known:
+            raise bad(f"provider_priority[{i}]", f"unknown provider {pid!r}: add a [providers.{pid}] section")
+    for cid, c in cfg.combined.items():
+        if "/" in cid or not cid:
+            raise bad(f"combined.{cid}", "a combined model id may not be empty or contain '/'")
+        if not c.members:
+            raise bad(f"combined.{cid}.members", "expected at least one 'provider/model'")
+        for i, m in enumerate(c.members):
+            pid, sep, model = m.partition("/")
+            if not sep or not model:
+                raise bad(f"combined.{cid}.members[{i}]", f"expected 'provider/model', got {m!r}")
+            if pid not in cfg.providers and pid not in cfg.provider_priority:
+                raise bad(f"combined.{cid}.members[{i}]", f"unknown provider {pid!r}")
+    host, sep, port = cfg.http.listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")
+
+
+def provider_ids(cfg: Config) -> list[str]:
+    """Every configured provider: the priority list first, then the rest in file order."""
+    out = [p for p in cfg.provider_priority]
+    out += [p for p in cfg.providers if p not in out]
+    return out
+
+
+def resolve_provider(cfg: Config, pid: str, env: Mapping[str, str] | None = None) -> ResolvedProvider:
+    env = os.environ if env is None else env
+    p = cfg.providers.get(pid, ProviderConfig())
+    preset = PRESETS.get(pid)
+    api = p.api or (preset.api if preset else "openai")
+    base_url = p.base_url or (preset.base_url if preset and preset.api == api else None) or ""
+    key, source = None, "none"
+    if p.api_key:
+        key, source = p.api_key, "config file"
+    elif p.api_key_env:
+        key, source = env.get(p.api_key_env) or None, f"env {p.api_key_env}"
+    elif preset:
+        for name in preset.key_envs:
+            if env.get(name):
+                key, source = env[name], f"env {name}"
+                break
+    disabled = ""
+    if not p.enabled:
+        disabled = "disabled in the config"
+    elif key is None and api in ("openai", "anthropic", "gemini") and not _is_loopback(base_url):
+        wanted = p.api_key_env or (" or ".join(preset.key_envs) if preset and preset.key_envs else "api_key")
+        disabled = f"no API key (set {wanted})"
+    headers = {**(preset.headers if preset else {}), **p.headers}
+    options = dict(preset.options) if preset else {}
+    return ResolvedProvider(
+        id=pid,
+        api=api,
+        base_url=base_url,
+        api_key=key,
+        key_source=source,
+        models=tuple(p.models) if p.models is not None else None,
+        headers=headers,
+        options=options,
+        config=p,
+        disabled_reason=disabled,
+    )
+
+
+def _is_loopback(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")

@@ -1,0 +1,41 @@
+"""The daemon: socket server, supervisor, provider actors, dialects."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from ..config import Config
+from ..paths import state_file
+from .server import Server, serve_until_signalled
+from .supervisor import Supervisor
+
+__all__ = ["Server", "Supervisor", "open_daemon", "run_daemon"]
+
+
+def make_server(
+    cfg: Config, socket_path: Path, config_path: Path | None = None, *, persist: bool = True
+) -> Server:
+    health = state_file(socket_path, "health") if persist else None
+    sup = Supervisor(cfg, socket=socket_path, config_path=config_path, health_file=health)
+    return Server(sup, socket_path)
+
+
+def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) -> None:
+    """Serve in the foreground until SIGTERM/SIGINT or `cmctl stop`."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path))
+
+
+async def open_daemon(
+    cfg: Config, socket_path: Path, nursery: trio.Nursery, *, persist: bool = False
+) -> Server:
+    """Start a daemon inside `nursery` (tests and the demo); returns once it listens."""
+    server = make_server(cfg, socket_path, persist=persist)
+    await nursery.start(server.run)
+    return server

@@ -1,0 +1,77 @@
+"""The seam every API dialect fills: build a request, decode a stream, classify an error.
+
+Dialects are sans-IO: they take the neutral request and bytes, and return
+values. The provider actor does the HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ...chat import ChatRequest, DecodedItem
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom a provider is reached (credentials are resolved by the actor)."""
+
+    base_url: str
+    api_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Dialect knobs that depend on the provider rather than the wire format.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StreamDecoder(Protocol):
+    def feed(self, data: bytes) -> list[DecodedItem]:
+        """Decode the next bytes; raises UpstreamError on an in-band error or a malformed event."""
+        ...
+
+    def close(self) -> list[DecodedItem]:
+        """The body ended: returns what was pending; raises UpstreamError if the stream never finished."""
+        ...
+
+
+class Dialect(Protocol):
+    name: str
+
+    def build_chat(self, request: ChatRequest, model: str, endpoint: Endpoint) -> HttpRequest:
+        """A streaming chat request for `model`."""
+        ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+    def classify_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> Exception:
+        """An HTTP error response -> the UpstreamError to act on."""
+        ...
+
+    def build_list_models(self, endpoint: Endpoint) -> HttpRequest: ...
+
+    def parse_models(self, body: bytes) -> list[str]: ...
+
+
+def json_body(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def short(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,258 @@
+"""The provider actor: owns one provider's HTTP client, concurrency limit, health and counters.
+
+Nobody else touches these. The supervisor asks it to `admit` a request and to
+run one `attempt`; the actor records every outcome in its own `HealthBook`.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import trio
+
+from ..chat import ChatRequest, DecodedItem, Finished
+from ..config import FailoverConfig, ResolvedProvider
+from ..protocol import ModelHealth, ProviderStatus
+from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
+from .errors import NO_PENALTY, Failure, UpstreamError
+from .health import Admission, HealthBook, State
+
+MAX_ERROR_BODY = 64 * 1024
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
+
+OnItem = Callable[[DecodedItem], Awaitable[None]]
+
+
+class ProviderActor:
+    def __init__(self, provider: ResolvedProvider, failover: FailoverConfig) -> None:
+        self.id = provider.id
+        self.provider = provider
+        self.failover = failover
+        self.dialect: Dialect | None = dialect_for(provider.api)
+        self.health = HealthBook()
+        self.offered: list[str] = list(provider.models or ())
+        self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
+        self._client: httpx.AsyncClient | None = None
+        self._endpoint = Endpoint(
+            base_url=provider.base_url,
+            api_key=provider.api_key,
+            headers=dict(provider.headers),
+            options=dict(provider.options),
+        )
+        # counters, for status
+        self.in_flight = 0
+        self.requests = 0
+        self.failures = 0
+        self.failovers_saved = 0
+        self.last_error: str | None = None
+        self.last_error_kind: str | None = None
+        self._recent: collections.deque[bool] = collections.deque(maxlen=50)
+        if provider.disabled_reason:
+            self.health.disable(provider.disabled_reason)
+        elif self.dialect is None:
+            self.health.disable(f"the {provider.api!r} API is not supported yet")
+
+    def _timeout(self, name: str) -> float:
+        own = getattr(self.provider.config, name)
+        return float(own if own is not None else getattr(self.failover, name))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the HTTP client for as long as the actor lives."""
+        timeout = httpx.Timeout(None, connect=self._timeout("connect_timeout"))
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+            self._client = client
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._client = None
+
+    # ------------------------------------------------------------ decisions
+
+    def admit(self, model: str, now: float) -> Admission:
+        return self.health.admit(model, now)
+
+    def peek(self, model: str, now: float) -> Admission:
+        return self.health.peek(model, now)
+
+    @property
+    def disabled(self) -> bool:
+        return self.health.provider.state is State.DISABLED
+
+    # ------------------------------------------------------------ one attempt
+
+    async def attempt(self, request: ChatRequest, model: str, on_item: OnItem) -> Finished:
+        """Send `request` for `model` and feed every decoded item to `on_item`.
+
+        Returns the finish once the dialect's own finish signal arrived; raises
+        UpstreamError otherwise. Health and counters are updated here, whatever happens.
+        """
+        assert self.dialect is not None and self._client is not None, "actor not running"
+        async with self._limiter:
+            self.in_flight += 1
+            self.requests += 1
+            try:
+                finished = await self._attempt(self._client, self.dialect, request, model, on_item)
+            except UpstreamError as e:
+                e.message = self.redact(e.message)
+                self._record_failure(model, e)
+                raise
+            except BaseException:
+                # Cancelled (the caller went away) or our own bug: not the provider's fault.
+                self.health.release(model, trio.current_time())
+                self.requests -= 1
+                raise
+            finally:
+                self.in_flight -= 1
+            self.health.succeed(model)
+            self._recent.append(True)
+            return finished
+
+    def _record_failure(self, model: str, e: UpstreamError) -> None:
+        now = trio.current_time()
+        self.health.fail(model, now, e.kind, e.retry_after)
+        if e.kind in NO_PENALTY:
+            return
+        self.failures += 1
+        self._recent.append(False)
+        self.last_error = e.message
+        self.last_error_kind = e.kind.value
+
+    def first_token_timeout(self, request: ChatRequest) -> float:
+        """The first-token limit, scaled up for long prompts (they take longer to read)."""
+        chars = len(request.system or "") + sum(len(m.text()) for m in request.messages)
+        base = self._timeout("first_token_timeout")
+        return base * (1.0 + chars / max(1, self.failover.long_prompt_chars))
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, dialect: Dialect, request: ChatRequest, model: str, on_item: OnItem
+    ) -> Finished:
+        built = dialect.build_chat(request, model, self._endpoint)
+        http_req = client.build_request(built.method, built.url, headers=built.headers, content=built.body)
+        limit = self.first_token_timeout(request)
+        first_deadline = trio.current_time() + limit
+        # The first-token clock starts at send: a provider that never sends headers is caught too.
+        with trio.move_on_at(first_deadline) as cs:
+            try:
+                response = await client.send(http_req, stream=True)
+            except httpx.TimeoutException as e:
+                raise UpstreamError(Failure.UNREACHABLE, f"connect timeout: {e!r}") from e
+            except httpx.ConnectError as e:
+                raise UpstreamError(Failure.UNREACHABLE, f"cannot connect: {e}") from e
+            except httpx.HTTPError as e:
+                raise UpstreamError(Failure.TRANSIENT, f"connection failed before a response: {e!r}") from e
+        if cs.cancelled_caught:
+            raise UpstreamError(Failure.SILENT, f"no response within {limit:.1f}s")
+        try:
+            if response.status_code != 200:
+                body = await self._read_error_body(response, first_deadline)
+                raise dialect.classify_error(
+                    response.status_code, dict(response.headers), body, datetime.now(UTC)
+                ) from None
+            decoder = dialect.stream_decoder()
+            # httpx's body iterators are nested async generators that cannot all be closed from
+            # here; response.aclose() below releases the connection, which is what matters.
+            return await self._relay(response.aiter_bytes(), decoder, first_deadline, limit, on_item)
+        finally:
+            await response.aclose()
+
+    async def _relay(
+        self,
+        chunks: AsyncIterator[bytes],
+        decoder: StreamDecoder,
+        first_deadline: float,
+        limit: float,
+        on_item: OnItem,
+    ) -> Finished:
+        """Decode the body into items until the finish signal, timing each read."""
+        idle = self._timeout("idle_timeout")
+        got_content = False
+        while True:
+            deadline = first_deadline if not got_content else trio.current_time() + idle
+            chunk: bytes | None = None
+            with trio.move_on_at(deadline) as cs:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except httpx.HTTPError as e:
+                    where = "mid-stream" if got_content else "before output"
+                    raise UpstreamError(Failure.TRANSIENT, f"connection broke {where}: {e!r}") from e
+            if cs.cancelled_caught:
+                phase = (
+                    f"silent for {idle:.1f}s mid-stream"
+                    if got_content
+                    else f"no first token within {limit:.1f}s"
+                )
+                raise UpstreamError(Failure.SILENT, phase)
+            items = decoder.close() if chunk is None else decoder.feed(chunk)
+            for item in items:
+                if isinstance(item, Finished):
+                    return item
+                got_content = True
+                await on_item(item)
+            if chunk is None:  # close() returned without a finish: the decoder raised already
+                raise UpstreamError(Failure.TRANSIENT, "stream ended without a finish signal")
+
+    async def _read_error_body(self, response: httpx.Response, deadline: float) -> bytes:
+        body = b""
+        with trio.move_on_at(max(deadline, trio.current_time() + 2.0)):
+            try:
+                async for part in response.aiter_bytes():
+                    body += part
+                    if len(body) >= MAX_ERROR_BODY:
+                        break
+            except httpx.HTTPError:
+                pass
+        return body
+
+    def redact(self, text: str) -> str:
+        """Keys never appear in errors, logs or status, even when a provider echoes one back."""
+        key = self.provider.api_key
+        if key and len(key) >= 4:
+            text = text.replace(key, "[redacted]")
+        return _KEYLIKE.sub(r"\1…", text)
+
+    # ------------------------------------------------------------ status
+
+    def status(self, now: float) -> ProviderStatus:
+        state, remaining = self.health.summary(now, self.offered)
+        models = [
+            ModelHealth(
+                model=m, state=b.state.value, cooldown_remaining_s=round(b.remaining(now), 3), reason=b.reason
+            )
+            for m, b in sorted(self.health.models.items())
+            if b.state is not State.READY
+        ]
+        rate = (sum(self._recent) / len(self._recent)) if self._recent else None
+        last_error = self.last_error
+        if state is State.DISABLED:
+            last_error = self.health.provider.reason
+        return ProviderStatus(
+            id=self.id,
+            state=state.value,
+            cooldown_remaining_s=round(remaining, 3),
+            in_flight=self.in_flight,
+            requests=self.requests,
+            failures=self.failures,
+            last_error=last_error,
+            api=self.provider.api,
+            last_error_kind=self.last_error_kind,
+            success_rate=None if rate is None else round(rate, 3),
+            failovers_saved=self.failovers_saved,
+            key_source=self.provider.key_source,
+            models=models,
+        )
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return self.health.snapshot(now, time.time())
+
+    def restore(self, data: dict[str, Any], now: float) -> None:
+        self.health.restore(data, now, time.time())

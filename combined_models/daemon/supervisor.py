@@ -1,0 +1,392 @@
+"""The supervisor actor: provider actors, combined models, and the failover of each request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import trio
+
+from .. import __version__
+from ..catalog import group_offerings
+from ..chat import (
+    Attempt,
+    ChatRequest,
+    DecodedItem,
+    DoneEvent,
+    ErrorEvent,
+    FailoverEvent,
+    ProviderEvent,
+    StreamEvent,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
+from ..config import Config, provider_ids, resolve_provider
+from ..paths import write_private
+from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, StatusInfo
+from .continuation import EchoFilter, continuation_request
+from .dialects import PREFILL_BY_API
+from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
+from .provider import ProviderActor
+
+log = logging.getLogger("combined_models.daemon")
+
+Send = Callable[[StreamEvent], Awaitable[None]]
+HEALTH_SAVE_INTERVAL = 2.0
+
+
+class UnknownModel(Exception):
+    pass
+
+
+def build_models(cfg: Config, offerings: dict[str, list[str]]) -> dict[str, CombinedModel]:
+    """Combined models from the providers' offerings and the config's explicit entries. Pure.
+
+    Automatic groups need offerings from at least `min_providers` providers;
+    members are ordered by `provider_priority` (unlisted providers after, in
+    file order). Explicit `[combined.*]` entries keep their own order and win.
+    """
+    order = {pid: i for i, pid in enumerate(provider_ids(cfg))}
+    pairs = [(pid, m) for pid, models in offerings.items() for m in models if f"{pid}/{m}" not in cfg.exclude]
+    out: dict[str, CombinedModel] = {}
+    for cid, members in group_offerings(pairs).items():
+        if cid in cfg.exclude or len({p for p, _ in members}) < cfg.min_providers:
+            continue
+        # sorted() is stable: offerings of one provider keep their order
+        ranked = sorted(members, key=lambda pm: order.get(pm[0], len(order)))
+        out[cid] = CombinedModel(id=cid, members=[Member(provider=p, model=m) for p, m in ranked])
+    for cid, c in cfg.combined.items():
+        explicit = [Member(provider=p, model=m) for p, _, m in (x.partition("/") for x in c.members)]
+        out[cid] = CombinedModel(id=cid, members=explicit, explicit=True)
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class Output:
+    """What the caller has received so far in one request."""
+
+    text: str = ""
+    thinking: bool = False
+    tool_calls: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.text or self.thinking or self.tool_calls)
+
+
+@dataclass
+class Run:
+    """The state of one request's failover, for `Supervisor.chat`."""
+
+    request: ChatRequest
+    send: Send
+    out: Output = field(default_factory=Output)
+    attempts: list[Attempt] = field(default_factory=list)
+    tried: set[tuple[str, str]] = field(default_factory=set)
+    last_failure: tuple[str, UpstreamError] | None = None
+
+
+class Relay:
+    """Forwards one attempt's items to the caller, minus any echo of what was sent and repeated thinking."""
+
+    def __init__(self, run: Run, provider: str, model: str) -> None:
+        self.run = run
+        self.provider = provider
+        self.model = model
+        self.echo = EchoFilter(run.out.text) if run.out.text else None
+        self.suppress_thinking = run.out.thinking  # thinking already shown is not repeated
+        self.announced = False
+
+    async def _announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            await self.run.send(ProviderEvent(provider=self.provider, model=self.model))
+
+    async def _text(self, text: str) -> None:
+        if text:
+            self.run.out.text += text
+            await self.run.send(TextEvent(text))
+
+    async def __call__(self, item: DecodedItem) -> None:
+        await self._announce()
+        out = self.run.out
+        if isinstance(item, TextEvent):
+            await self._text(self.echo.feed(item.text) if self.echo else item.text)
+        elif isinstance(item, ThinkingEvent):
+            if not self.suppress_thinking:
+                out.thinking = True
+                await self.run.send(item)
+        elif isinstance(item, ToolCallEvent):
+            out.tool_calls += 1
+            await self.run.send(item)
+
+    async def finish(self) -> None:
+        """The attempt completed: release what the echo filter still holds."""
+        await self._announce()
+        if self.echo is not None:
+            await self._text(self.echo.flush())
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        socket: Path | None = None,
+        config_path: Path | None = None,
+        health_file: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.socket = socket
+        self.config_path = config_path
+        self.health_file = health_file
+        self.actors: dict[str, ProviderActor] = {}
+        for pid in provider_ids(cfg):
+            self.actors[pid] = ProviderActor(resolve_provider(cfg, pid), cfg.failover)
+        self.models: dict[str, CombinedModel] = build_models(
+            cfg, {pid: a.offered for pid, a in self.actors.items() if not a.disabled}
+        )
+        # (provider, model) pairs that answered a prefill with a 400: remembered for the daemon's life.
+        self.no_prefill: set[tuple[str, str]] = set()
+        self.started_at = time.monotonic()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for actor in self.actors.values():
+                await nursery.start(actor.run)
+            self._restore_health()
+            if self.health_file is not None:
+                nursery.start_soon(self._save_health_periodically)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.save_health()  # synchronous: runs even while being cancelled
+
+    # ------------------------------------------------------------ health persistence
+
+    def _restore_health(self) -> None:
+        if self.health_file is None:
+            return
+        try:
+            data = json.loads(self.health_file.read_text())
+        except (OSError, ValueError):
+            return
+        now = trio.current_time()
+        for pid, snap in (data.get("providers") or {}).items():
+            if pid in self.actors and isinstance(snap, dict):
+                self.actors[pid].restore(snap, now)
+
+    def save_health(self) -> None:
+        if self.health_file is None:
+            return
+        now = trio.current_time()
+        data = {
+            "saved_at": time.time(),
+            "providers": {pid: a.snapshot(now) for pid, a in self.actors.items()},
+        }
+        try:
+            write_private(self.health_file, json.dumps(data, indent=1).encode())
+        except OSError as e:
+            log.warning("cannot save health to %s: %s", self.health_file, e)
+
+    async def _save_health_periodically(self) -> None:
+        last = b""
+        while True:
+            await trio.sleep(HEALTH_SAVE_INTERVAL)
+            # Only write when something other than the passing time changed.
+            key = json.dumps(
+                {
+                    p: [(m, b.state, b.strikes) for m, b in a.health.models.items()]
+                    + [("", a.health.provider.state, a.health.provider.strikes)]
+                    for p, a in self.actors.items()
+                }
+            ).encode()
+            if key != last:
+                last = key
+                self.save_health()
+
+    # ------------------------------------------------------------ queries
+
+    def status(self) -> StatusInfo:
+        now = trio.current_time()
+        return StatusInfo(
+            daemon=DaemonInfo(
+                pid=os.getpid(),
+                version=__version__,
+                uptime_s=round(time.monotonic() - self.started_at, 3),
+                socket=str(self.socket or ""),
+                config=str(self.config_path or ""),
+            ),
+            providers=[a.status(now) for a in self.actors.values()],
+        )
+
+    def models_info(self) -> ModelsInfo:
+        return ModelsInfo(models=list(self.models.values()))
+
+    def resolve(self, name: str) -> list[Member]:
+        """A combined id, `combined/<id>`, `provider/model`, or a model id some providers offer."""
+        cid = name.removeprefix("combined/")
+        if cid in self.models:
+            return list(self.models[cid].members)
+        pid, sep, model = name.partition("/")
+        if sep and pid in self.actors and model:
+            return [Member(provider=pid, model=model)]
+        direct = [Member(provider=p, model=name) for p, a in self.actors.items() if name in a.offered]
+        if direct:
+            return direct
+        known = ", ".join(list(self.models)[:12]) or "none configured"
+        raise UnknownModel(f"unknown model {name!r} (combined models: {known}; or use provider/model)")
+
+    # ------------------------------------------------------------ one request
+
+    async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
+        """Serve one request through its chain; always ends with a `done` or an `error` event."""
+        try:
+            chain = self.resolve(model)
+        except UnknownModel as e:
+            await send(ErrorEvent(kind="unknown_model", message=str(e)))
+            return
+        run = Run(request=request, send=send)
+        while True:
+            picked = await self._pick(run, chain)
+            if isinstance(picked, ErrorEvent):
+                await send(picked)
+                return
+            actor, member = picked
+            if run.last_failure is not None:
+                prev, err = run.last_failure
+                await send(
+                    FailoverEvent(
+                        from_=prev,
+                        to=actor.id,
+                        reason=err.kind.value,
+                        after_output=run.out.any,
+                        message=err.message,
+                    )
+                )
+            done = await self._serve_member(run, actor, member.model)
+            if done is not None:
+                await send(done)
+                return
+            if run.last_failure is not None and run.last_failure[1].kind in CALLER_FAULT:
+                _, err = run.last_failure
+                kind = "content_filter" if err.kind is Failure.CONTENT_FILTER else "bad_request"
+                await send(ErrorEvent(kind=kind, message=f"{actor.id}: {err.message}", attempts=run.attempts))
+                return
+
+    async def _pick(self, run: Run, chain: list[Member]) -> tuple[ProviderActor, Member] | ErrorEvent:
+        """The first member that may take the request now, waiting only within the configured bounds."""
+        f = self.cfg.failover
+        while True:
+            now = trio.current_time()
+            candidates = [
+                m for m in chain if (m.provider, m.model) not in run.tried and m.provider in self.actors
+            ]
+            earliest: float | None = None
+            for m in candidates:
+                actor = self.actors[m.provider]
+                if actor.disabled:
+                    continue
+                adm = actor.admit(m.model, now)
+                if adm.decision != "wait":
+                    return actor, m
+                if adm.until - now <= f.retry_wait_max and adm.state.value == "cooldown":
+                    # The user prefers waiting out a short rate limit on this member to failing over.
+                    await trio.sleep_until(adm.until)
+                    break
+                earliest = adm.until if earliest is None else min(earliest, adm.until)
+            else:
+                if earliest is not None and earliest - now <= f.all_cooling_wait:
+                    await trio.sleep_until(earliest)
+                    continue
+                return self._exhausted(run, chain, now)
+
+    def _exhausted(self, run: Run, chain: list[Member], now: float) -> ErrorEvent:
+        if run.out.any:
+            kind, what = "truncated", "the answer was cut and no provider could continue it"
+        elif run.attempts:
+            kind, what = "all_providers_failed", "every provider failed"
+        else:
+            kind, what = "all_providers_cooling", "every provider is unavailable"
+        attempts = list(run.attempts)
+        retry_after: float | None = None
+        for m in chain:
+            if (m.provider, m.model) in run.tried or m.provider not in self.actors:
+                continue
+            actor = self.actors[m.provider]
+            adm = actor.peek(m.model, now)
+            if actor.disabled:
+                note = f"disabled: {actor.health.provider.reason}"
+            else:
+                wait = max(0.0, adm.until - now)
+                retry_after = wait if retry_after is None else min(retry_after, wait)
+                note = f"{adm.state.value}, back in {wait:.1f}s"
+            attempts.append(Attempt(provider=m.provider, model=m.model, error=note, kind=adm.state.value))
+        detail = "; ".join(f"{a.provider}: {a.error}" for a in attempts) or "no members"
+        return ErrorEvent(
+            kind=kind,
+            message=f"{what} ({detail})",
+            attempts=attempts,
+            retry_after_s=None if retry_after is None else round(retry_after, 3),
+        )
+
+    async def _serve_member(self, run: Run, actor: ProviderActor, model: str) -> DoneEvent | None:
+        """Attempts on one member: retries transient failures, continues a cut answer. None: move on."""
+        f = self.cfg.failover
+        run.tried.add((actor.id, model))
+        attempt_no = 0
+        while True:
+            prefill = self._prefill(actor, model)
+            request = continuation_request(run.request, run.out.text, prefill=prefill)
+            if request is None:  # the caller's max_tokens is used up: nothing left to continue
+                return None
+            relay = Relay(run, actor.id, model)
+            try:
+                finished = await actor.attempt(request, model, relay)
+            except UpstreamError as e:
+                run.attempts.append(
+                    Attempt(provider=actor.id, model=model, error=e.message, kind=e.kind.value)
+                )
+                run.last_failure = (actor.id, e)
+                if e.kind is Failure.PREFILL_REJECTED and prefill:
+                    # Learned once, and never the final error: retry here without prefill.
+                    self.no_prefill.add((actor.id, model))
+                    run.attempts.pop()
+                    continue
+                if run.out.tool_calls:
+                    return None  # a cut after whole tool calls cannot be continued safely
+                attempt_no += 1
+                # Before output a transient failure is retried here; after output the answer
+                # continues on the next member at once (the caller is waiting mid-sentence).
+                if e.kind in RETRYABLE and attempt_no < f.max_attempts and not run.out.any:
+                    await trio.sleep(f.retry_backoff * 2 ** (attempt_no - 1) * random.uniform(0.5, 1.0))
+                    continue
+                return None
+            await relay.finish()
+            if run.attempts:
+                actor.failovers_saved += 1
+            return DoneEvent(
+                provider=actor.id,
+                model=finished.model or model,
+                finish_reason=finished.finish_reason,
+                usage=finished.usage,
+            )
+
+    def _prefill(self, actor: ProviderActor, model: str) -> bool:
+        if (actor.id, model) in self.no_prefill:
+            return False
+        own = actor.provider.config.prefill
+        return PREFILL_BY_API.get(actor.provider.api, False) if own is None else own
+
+
+def event_json(event: StreamEvent) -> bytes:
+    return msgspec.json.encode(event)

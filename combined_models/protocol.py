@@ -1,0 +1,193 @@
+"""The native wire protocol: msgpack frames over a Unix socket.
+
+Each frame is a 4-byte big-endian length followed by that many bytes of
+msgpack: one map whose `type` field names the frame. The first frame each way
+is the handshake (`hello` / `welcome`, carrying the protocol version). Every
+request carries a client-chosen `id`; replies and stream events carry the same
+id, so one connection multiplexes many concurrent requests. See PROTOCOL.md.
+
+Sans-IO: `FrameDecoder` takes bytes and returns frames; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+from .chat import Attempt, ChatRequest, StreamEvent
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024  # images travel inline; anything larger is a broken peer
+_LEN = struct.Struct(">I")
+
+
+# ------------------------------------------------------------------ client → daemon
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type", kw_only=True):
+    version: int
+    client: str = ""
+
+
+class Chat(msgspec.Struct, tag="chat", tag_field="type", kw_only=True):
+    id: int
+    model: str
+    request: ChatRequest
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type", kw_only=True):
+    id: int
+
+
+class StatusQuery(msgspec.Struct, tag="status", tag_field="type", kw_only=True):
+    id: int
+
+
+class ModelsQuery(msgspec.Struct, tag="models", tag_field="type", kw_only=True):
+    id: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", tag_field="type", kw_only=True):
+    id: int
+
+
+ClientFrame = Hello | Chat | Cancel | StatusQuery | ModelsQuery | Shutdown
+
+
+# ------------------------------------------------------------------ daemon → client
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type", kw_only=True):
+    version: int
+    server: str
+    pid: int
+
+
+class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):
+    """One stream event of a chat request; the stream ends with a `done` event or an `error` frame."""
+
+    id: int
+    event: StreamEvent
+
+
+class ModelHealth(msgspec.Struct, kw_only=True):
+    model: str
+    state: str
+    cooldown_remaining_s: float
+    reason: str = ""
+
+
+class ProviderStatus(msgspec.Struct, kw_only=True):
+    id: str
+    state: str
+    cooldown_remaining_s: float
+    in_flight: int
+    requests: int
+    failures: int
+    last_error: str | None
+    api: str = ""
+    last_error_kind: str | None = None
+    success_rate: float | None = None  # over the recent requests; None before any
+    failovers_saved: int = 0  # requests this provider finished after another one failed
+    key_source: str = ""  # where the credential came from, never the credential
+    models: list[ModelHealth] = msgspec.field(default_factory=list)
+
+
+class DaemonInfo(msgspec.Struct, kw_only=True):
+    pid: int
+    version: str
+    uptime_s: float
+    socket: str = ""
+    config: str = ""
+
+
+class StatusInfo(msgspec.Struct, kw_only=True):
+    daemon: DaemonInfo
+    providers: list[ProviderStatus]
+
+
+class Member(msgspec.Struct, kw_only=True):
+    provider: str
+    model: str
+
+
+class CombinedModel(msgspec.Struct, kw_only=True):
+    id: str
+    members: list[Member]
+    explicit: bool = False
+
+
+class ModelsInfo(msgspec.Struct, kw_only=True):
+    models: list[CombinedModel]
+
+
+class StatusReply(msgspec.Struct, tag="status_reply", tag_field="type", kw_only=True):
+    id: int
+    status: StatusInfo
+
+
+class ModelsReply(msgspec.Struct, tag="models_reply", tag_field="type", kw_only=True):
+    id: int
+    models: ModelsInfo
+
+
+class Ok(msgspec.Struct, tag="ok", tag_field="type", kw_only=True):
+    id: int
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    """A failed request (`id` > 0) or a broken connection (`id` 0: the daemon closes it next)."""
+
+    id: int
+    kind: str
+    message: str
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    retry_after_s: float | None = None
+
+
+ServerFrame = Welcome | Event | StatusReply | ModelsReply | Ok | Error
+
+
+# ------------------------------------------------------------------ codec
+
+_encoder = msgspec.msgpack.Encoder()
+client_decoder = msgspec.msgpack.Decoder(ClientFrame)
+server_decoder = msgspec.msgpack.Decoder(ServerFrame)
+
+
+class FrameTooLarge(ValueError):
+    pass
+
+
+def encode_frame(frame: ClientFrame | ServerFrame) -> bytes:
+    body = _encoder.encode(frame)
+    if len(body) > MAX_FRAME:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return _LEN.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Length-prefixed frames out of a byte stream. Returns raw bodies; decode with the msgspec decoders."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Buffer `data`; return every complete frame body. Raises FrameTooLarge on an oversized length."""
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= 4:
+            (size,) = _LEN.unpack_from(self._buf)
+            if size > self._max:
+                raise FrameTooLarge(f"frame of {size} bytes exceeds the {self._max}-byte limit")
+            if len(self._buf) < 4 + size:
+                break
+            out.append(bytes(self._buf[4 : 4 + size]))
+            del self._buf[: 4 + size]
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)

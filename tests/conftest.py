@@ -1,0 +1,120 @@
+"""Shared fixtures: isolated user dirs, and simulated providers behind a real daemon on a Unix socket."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from combined_models.chat import DoneEvent, ErrorEvent, StreamEvent, TextEvent
+from combined_models.client.aio import AsyncClient, open_client
+from combined_models.config import Config, parse_config
+from combined_models.daemon import Server, open_daemon
+from combined_models.simulator import Simulator
+
+ANSWER = (
+    "Failover keeps every request alive: when one provider breaks, the same request continues on the "
+    "next one, and the caller receives one complete answer with nothing lost and nothing repeated."
+)
+MODEL = "sim-model-1"
+
+
+@pytest.fixture(autouse=True)
+def user_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Every test gets its own config, state, log and runtime dirs (nothing touches the real home)."""
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+        d = tmp_path / var.lower()
+        d.mkdir(mode=0o700)
+        monkeypatch.setenv(var, str(d))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("COMBINED_MODELS_SOCKET", raising=False)
+    monkeypatch.delenv("COMBINED_MODELS_CONFIG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short private dir for sockets (pytest's tmp_path can exceed the 107-byte socket path limit)."""
+    d = Path(tempfile.mkdtemp(prefix="cmt-"))
+    d.chmod(0o700)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def config_for(
+    sims: dict[str, Simulator], extra: str = "", failover: dict[str, float] | None = None
+) -> Config:
+    knobs = {"first_token_timeout": 5.0, "idle_timeout": 5.0, "retry_backoff": 0.01, **(failover or {})}
+    lines = [f"provider_priority = {list(sims)!r}".replace("'", '"'), "[failover]"]
+    lines += [f"{k} = {v}" for k, v in knobs.items()]
+    for pid, sim in sims.items():
+        lines += [
+            f"[providers.{pid}]",
+            'api = "openai"',
+            f'base_url = "{sim.base_url}"',
+            f'api_key = "sk-test-{pid}-0123456789"',
+            f"models = {list(sim.models)!r}".replace("'", '"'),
+        ]
+    return parse_config("\n".join(lines) + "\n" + extra, "test config")
+
+
+@dataclass
+class Stack:
+    sims: dict[str, Simulator]
+    socket: Path
+    server: Server
+    nursery: trio.Nursery
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[AsyncClient]:
+        async with open_client(self.socket) as c:
+            yield c
+
+    async def ask(self, model: str = MODEL, prompt: str = "hello") -> list[StreamEvent]:
+        async with self.client() as c:
+            return [e async for e in c.chat(model, prompt)]
+
+
+@asynccontextmanager
+async def open_stack(
+    short_dir: Path,
+    names: tuple[str, ...] = ("first", "second"),
+    *,
+    extra: str = "",
+    failover: dict[str, float] | None = None,
+    **sim_options: object,
+) -> AsyncIterator[Stack]:
+    """Simulated providers (OpenAI dialect) and a daemon serving them on a real Unix socket."""
+    async with trio.open_nursery() as nursery:
+        sims: dict[str, Simulator] = {}
+        for name in names:
+            sim = Simulator(models=[MODEL], text=ANSWER, name=name, **sim_options)  # type: ignore[arg-type]
+            await nursery.start(sim.run)
+            sims[name] = sim
+        sock = short_dir / "d.sock"
+        server = await open_daemon(config_for(sims, extra, failover), sock, nursery)
+        yield Stack(sims, sock, server, nursery)
+        nursery.cancel_scope.cancel()
+
+
+def text_of(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextEvent))
+
+
+def done_of(events: list[StreamEvent]) -> DoneEvent:
+    assert events, "no events"
+    last = events[-1]
+    assert isinstance(last, DoneEvent), f"stream did not finish: {last!r}"
+    return last
+
+
+def error_of(events: list[StreamEvent]) -> ErrorEvent:
+    last = events[-1]
+    assert isinstance(last, ErrorEvent), f"expected an error, got {last!r}"
+    return last

@@ -1,0 +1,288 @@
+"""The daemon end to end: real Unix socket, simulated providers on loopback, scripted faults."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from combined_models.chat import ErrorEvent, FailoverEvent, ProviderEvent, TextEvent
+from combined_models.client.aio import open_client
+from combined_models.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Chat,
+    Error,
+    Event,
+    FrameDecoder,
+    Hello,
+    Welcome,
+    encode_frame,
+    server_decoder,
+)
+from combined_models.simulator import Fault
+
+from .conftest import ANSWER, MODEL, done_of, error_of, open_stack, text_of
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Real-time speed (real sockets work), but a test can jump over a long cooldown."""
+    return trio.testing.MockClock(rate=1.0)
+
+
+async def test_healthy_answer_comes_from_the_first_provider(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        events = await st.ask()
+        assert isinstance(events[0], ProviderEvent) and events[0].provider == "first"
+        assert text_of(events) == ANSWER
+        done = done_of(events)
+        assert (done.provider, done.model, done.finish_reason) == ("first", MODEL, "stop")
+        assert done.usage.output_tokens == len(ANSWER.split())
+        assert st.sims["second"].statistics().chat_requests == 0
+
+
+async def test_rate_limit_cools_the_provider_for_every_client_until_its_reset(
+    short_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    async with open_stack(short_dir) as st:
+        first, second = st.sims["first"], st.sims["second"]
+        first.push_fault(Fault(kind="status", status=429, headers={"retry-after": "30"}))
+        events = await st.ask()
+        assert text_of(events) == ANSWER
+        assert done_of(events).provider == "second"
+        failover = next(e for e in events if isinstance(e, FailoverEvent))
+        assert (failover.from_, failover.to, failover.reason, failover.after_output) == (
+            "first",
+            "second",
+            "rate_limited",
+            False,
+        )
+
+        async with st.client() as c:
+            status = {p.id: p for p in (await c.status()).providers}
+        assert status["first"].state == "cooldown"
+        assert 28.0 <= status["first"].cooldown_remaining_s <= 30.0
+        assert status["second"].state == "ready"
+
+        # Other clients, other connections: straight to the second, the first sees nothing.
+        for _ in range(3):
+            assert done_of(await st.ask()).provider == "second"
+        assert first.statistics().chat_requests == 1
+
+        clock.jump(31)
+        events = await st.ask()
+        assert done_of(events).provider == "first"
+        assert text_of(events) == ANSWER
+        assert second.statistics().chat_requests == 4
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="reset_before_headers"),
+        Fault(kind="status", status=500),
+        Fault(kind="status", status=503),
+        Fault(kind="status", status=529),
+        Fault(kind="status", status=500, times=3),
+    ],
+    ids=["reset-before-headers", "500", "503", "529", "500-thrice"],
+)
+async def test_failures_before_output_end_in_a_complete_answer(short_dir: Path, fault: Fault) -> None:
+    async with open_stack(short_dir) as st:
+        st.sims["first"].push_fault(fault)
+        events = await st.ask()
+        assert text_of(events) == ANSWER
+        done_of(events)
+        assert not any(isinstance(e, ErrorEvent) for e in events)
+
+
+async def test_transient_errors_are_retried_on_the_same_provider_first(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        st.sims["first"].push_fault(Fault(kind="status", status=500))
+        events = await st.ask()
+        assert done_of(events).provider == "first"  # one 500, then the retry succeeded
+        assert st.sims["first"].statistics().chat_requests == 2
+        assert st.sims["second"].statistics().chat_requests == 0
+
+
+async def test_a_bad_request_goes_back_to_the_caller_and_is_not_retried(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        st.sims["first"].push_fault(
+            Fault(kind="status", status=400, message="Invalid value for 'temperature': must be <= 2")
+        )
+        err = error_of(await st.ask())
+        assert err.kind == "bad_request"
+        assert "temperature" in err.message and "first" in err.message
+        assert st.sims["first"].statistics().chat_requests == 1
+        assert st.sims["second"].statistics().chat_requests == 0
+
+
+async def test_every_provider_failing_lists_each_attempt(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        st.sims["first"].push_fault(Fault(kind="status", status=500, times=-1))
+        st.sims["second"].push_fault(Fault(kind="status", status=401, times=-1))
+        err = error_of(await st.ask())
+        assert err.kind == "all_providers_failed"
+        providers = [a.provider for a in err.attempts]
+        assert providers.count("first") == 3 and providers.count("second") == 1  # 3 = max_attempts
+        assert {a.kind for a in err.attempts} == {"transient", "auth"}
+        assert "sk-test" not in err.message and all("sk-test" not in a.error for a in err.attempts)
+
+
+async def test_unknown_model_and_provider_addressing(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        assert error_of(await st.ask("no-such-model")).kind == "unknown_model"
+        assert done_of(await st.ask(f"second/{MODEL}")).provider == "second"
+        assert done_of(await st.ask(f"combined/{MODEL}")).provider == "first"
+
+
+async def test_fifty_concurrent_clients_all_get_the_whole_answer(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st:
+        results: list[str] = []
+
+        async def one() -> None:
+            results.append(text_of(await st.ask()))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for _ in range(50):
+                    nursery.start_soon(one)
+        assert results == [ANSWER] * 50
+
+
+async def test_many_requests_multiplexed_on_one_connection(short_dir: Path) -> None:
+    async with open_stack(short_dir) as st, st.client() as c:
+        texts: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            texts[i] = text_of([e async for e in c.chat(MODEL, f"question {i}")])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert texts == dict.fromkeys(range(20), ANSWER)
+
+
+def _raw_connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s
+
+
+def _read_frames_until_close(s: socket.socket) -> list[object]:
+    decoder, frames = FrameDecoder(), []
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return frames
+        frames += [server_decoder.decode(b) for b in decoder.feed(data)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00\x00\x05garbage-not-msgpack",
+        struct.pack(">I", 1 << 30) + b"xx",
+        struct.pack(">I", 3) + msgspec.msgpack.encode([1, 2]),
+        encode_frame(Cancel(id=1)),  # not a hello first
+        encode_frame(Hello(version=PROTOCOL_VERSION + 99)),
+    ],
+    ids=["garbage", "oversized", "wrong-type", "no-hello", "bad-version"],
+)
+async def test_bad_clients_get_an_error_frame_and_others_keep_working(
+    short_dir: Path, payload: bytes
+) -> None:
+    async with open_stack(short_dir, chunk_delay=0.01) as st, st.client() as good:
+        stream = good.chat(MODEL, "a long answer please")
+        first = await stream.__anext__()  # a stream is under way while the bad client misbehaves
+        assert isinstance(first, ProviderEvent)
+
+        def misbehave() -> list[object]:
+            with _raw_connect(st.socket) as s:
+                s.sendall(payload)
+                return _read_frames_until_close(s)
+
+        frames = await trio.to_thread.run_sync(misbehave)
+        errors = [f for f in frames if isinstance(f, Error)]
+        assert len(errors) == 1 and errors[0].id == 0
+        assert errors[0].kind in ("protocol_error", "frame_too_large")
+        rest = [first] + [e async for e in stream]
+        assert text_of(rest) == ANSWER
+        assert done_of(await st.ask()).provider == "first"
+
+
+async def test_a_client_going_away_mid_stream_closes_the_upstream_request(short_dir: Path) -> None:
+    async with open_stack(short_dir, chunk_delay=0.05) as st:
+        first = st.sims["first"]
+
+        def read_a_little_then_vanish() -> None:
+            with _raw_connect(st.socket) as s:
+                s.sendall(encode_frame(Hello(version=PROTOCOL_VERSION)))
+                s.sendall(encode_frame(Chat(id=1, model=MODEL, request=_request())))
+                decoder = FrameDecoder()
+                texts = 0
+                while texts < 2:
+                    for body in decoder.feed(s.recv(65536)):
+                        frame = server_decoder.decode(body)
+                        if isinstance(frame, Event) and isinstance(frame.event, TextEvent):
+                            texts += 1
+
+        await trio.to_thread.run_sync(read_a_little_then_vanish)
+        with trio.fail_after(1):
+            await first.wait_disconnect(1)
+        assert first.requests[-1].outcome == "disconnected"
+        async with st.client() as c:
+            status = {p.id: p for p in (await c.status()).providers}
+        assert status["first"].state == "ready"
+        assert status["first"].in_flight == 0 and status["first"].failures == 0
+
+
+async def test_cancel_frame_stops_the_request_and_its_upstream(short_dir: Path) -> None:
+    async with open_stack(short_dir, chunk_delay=0.05) as st:
+
+        def cancel_after_first_text() -> list[object]:
+            with _raw_connect(st.socket) as s:
+                s.sendall(encode_frame(Hello(version=PROTOCOL_VERSION)))
+                s.sendall(encode_frame(Chat(id=7, model=MODEL, request=_request())))
+                decoder = FrameDecoder()
+                seen: list[object] = []
+                while True:
+                    for body in decoder.feed(s.recv(65536)):
+                        frame = server_decoder.decode(body)
+                        seen.append(frame)
+                        if isinstance(frame, Event) and isinstance(frame.event, TextEvent):
+                            s.sendall(encode_frame(Cancel(id=7)))
+                        if isinstance(frame, Error):
+                            return seen
+
+        frames = await trio.to_thread.run_sync(cancel_after_first_text)
+        assert isinstance(frames[0], Welcome)
+        last = frames[-1]
+        assert isinstance(last, Error) and (last.id, last.kind) == (7, "cancelled")
+        with trio.fail_after(1):
+            await st.sims["first"].wait_disconnect(1)
+
+
+async def test_async_client_leaving_a_stream_early_cancels_it(short_dir: Path) -> None:
+    async with open_stack(short_dir, chunk_delay=0.05) as st, open_client(st.socket) as c:
+        events = c.chat(MODEL, "hi")
+        async for e in events:
+            if isinstance(e, TextEvent):
+                break
+        await events.aclose()  # type: ignore[attr-defined]
+        with trio.fail_after(1):
+            await st.sims["first"].wait_disconnect(1)
+        assert text_of([e async for e in c.chat(MODEL, "again")]) == ANSWER  # the connection still works
+
+
+def _request() -> object:
+    from combined_models.chat import ChatRequest, Message
+
+    return ChatRequest(messages=[Message("user", "tell me")])
