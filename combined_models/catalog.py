@@ -53,6 +53,11 @@ class Key:
 
 # --------------------------------------------------------------------------- patterns
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # "Provider packaging is ignored: Bedrock region inference profiles (us./eu./jp./au./global.)"
 _BEDROCK_REGIONS = r"us|eu|apac|jp|au|ca|global|us-gov|sa|me|af|ap|uk|in|kr"
 _BEDROCK_VENDORS = (
@@ -76,101 +81,19 @@ _VERTEX_AT_RE = re.compile(r"@(?P<tag>[a-z0-9-]+)$")
 _MAAS_RE = re.compile(r"-maas$")
 
 # Namespace words that only say where a model is hosted, never who made it.
-_HOSTING_NS = frozenset(
-    [
-        "models",
-        "routers",
-        "accounts",
-        "fireworks",
-        "publishers",
-        "@cf",
-        "@hf",
-        "cf",
-        "hf",
-        "huggingface",
-        "togethercomputer",
-        "together",
-        "azure",
-        "azureml",
-        "azure_ai",
-        "azure-ai",
-        "bedrock",
-        "vertex",
-        "vertex_ai",
-        "vertex-ai",
-        "groq",
-        "deepinfra",
-        "nebius",
-        "cerebras",
-        "sambanova",
-        "novita",
-        "baseten",
-        "hyperbolic",
-        "lepton",
-        "featherless",
-        "chutes",
-        "github",
-        "copilot",
-    ]
+_HOSTING_NS = _words(
+    "models routers accounts fireworks publishers @cf @hf cf hf huggingface togethercomputer together "
+    "azure azureml azure_ai azure-ai bedrock vertex vertex_ai vertex-ai groq deepinfra nebius "
+    "cerebras sambanova novita baseten hyperbolic lepton featherless chutes github copilot"
 )
 # Model vendors' own namespaces ("provider namespaces (... meta-llama/, zai-org/, MiniMaxAI/, moonshotai/ ...)").
-_VENDOR_NS = frozenset(
-    [
-        "anthropic",
-        "openai",
-        "google",
-        "meta-llama",
-        "meta",
-        "facebook",
-        "mistralai",
-        "mistral",
-        "qwen",
-        "alibaba",
-        "alibaba-cloud",
-        "deepseek",
-        "deepseek-ai",
-        "moonshotai",
-        "moonshot",
-        "z-ai",
-        "zai",
-        "zai-org",
-        "thudm",
-        "x-ai",
-        "xai",
-        "minimax",
-        "minimaxai",
-        "nvidia",
-        "microsoft",
-        "cohere",
-        "amazon",
-        "ai21",
-        "ai21labs",
-        "perplexity",
-        "bytedance",
-        "bytedance-seed",
-        "baidu",
-        "tencent",
-        "xiaomi",
-        "xiaomimimo",
-        "stepfun",
-        "stepfun-ai",
-        "inclusionai",
-        "meituan",
-        "ibm",
-        "ibm-granite",
-        "liquid",
-        "liquidai",
-        "allenai",
-        "nousresearch",
-        "voyage",
-        "writer",
-        "inception",
-        "arcee-ai",
-        "sakana",
-        "bfl",
-        "black-forest-labs",
-        "google-deepmind",
-    ]
+_VENDOR_NS = _words(
+    "anthropic openai google meta-llama meta facebook mistralai mistral qwen alibaba alibaba-cloud "
+    "deepseek deepseek-ai moonshotai moonshot z-ai zai zai-org thudm x-ai xai minimax minimaxai "
+    "nvidia microsoft cohere amazon ai21 ai21labs perplexity bytedance bytedance-seed baidu tencent "
+    "xiaomi xiaomimimo stepfun stepfun-ai inclusionai meituan ibm ibm-granite liquid liquidai allenai "
+    "nousresearch voyage writer inception arcee-ai sakana bfl black-forest-labs google-deepmind "
+    "mistral-ai ai21-labs zhipuai zhipu moonshot-ai meta-ai llama"
 )
 # Families whose weights belong to one vendor: under an unknown namespace they are a derivative
 # ("Fine-tunes and derivatives are separate from their base: ... Pearl AI's Gemma listing").
@@ -243,10 +166,10 @@ _LLAMA4_RE = re.compile(r"^llama-4-(maverick|scout)(?:-17b)?(?:-(?:128|16)e)?(?=
 _LLAMA4_EXPERTS = {"maverick": "128e", "scout": "16e"}
 _LLAMA32_VISION_RE = re.compile(r"^llama-3\.2-(11|90)b(?:-vision)?(?=-|$)")
 
-# Mixture-of-experts ids that omit the active parameter count (qwen-3-30b = qwen3-30b-a3b).
+# Mixture-of-experts ids that omit the active parameter count (qwen-3-30b = qwen3-30b-a3b). Not a
+# bare qwen3-235b: that has named both the 2025-04 hybrid and the 2507 instruct release.
 _MOE_ACTIVE = {
     "qwen3-30b": "a3b",
-    "qwen3-235b": "a22b",
     "qwen3-coder-30b": "a3b",
     "qwen3-coder-480b": "a35b",
     "qwen3-next-80b": "a3b",
@@ -368,7 +291,8 @@ def canonical(provider: str, model_id: str) -> Key:
 @functools.lru_cache(maxsize=8192)
 def _canonicalize(model_id: str) -> tuple[Key, tuple[str, ...]]:
     """Key and the rewrites that produced it. Id forms are self-describing (Bedrock, Vertex, ...)."""
-    t = _Trace(model_id.strip().lower().replace("_", "-").replace(" ", "-"))
+    t = _Trace(model_id)
+    t.set("casing and separators", model_id.strip().lower().replace("_", "-").replace(" ", "-"))
     namespace: str | None = None
     router = openrouter_own = bedrock = False
 
@@ -419,6 +343,8 @@ def _canonicalize(model_id: str) -> tuple[Key, tuple[str, ...]]:
         tag = m.group("tag")
         if re.fullmatch(r"20\d{6}", tag):
             snapshot, snapshot_text = tag[4:], tag
+        elif re.fullmatch(r"00\d", tag):  # older gemini-1.5-pro@002 style
+            snapshot, snapshot_text = "v" + tag, tag
         t.set("Vertex @version", t.s[: m.start()])
     t.sub("Vertex -maas", _MAAS_RE, "")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from combined_models.chat import DoneEvent, ErrorEvent, StreamEvent, TextEvent
 from combined_models.client.aio import AsyncClient, open_client
@@ -36,6 +37,12 @@ def user_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("COMBINED_MODELS_SOCKET", raising=False)
     monkeypatch.delenv("COMBINED_MODELS_CONFIG", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Real-time speed (real sockets work), but a test can jump over a long cooldown."""
+    return trio.testing.MockClock(rate=1.0)
 
 
 @pytest.fixture

@@ -30,12 +30,6 @@ from combined_models.simulator import Fault
 from .conftest import ANSWER, MODEL, done_of, error_of, open_stack, text_of
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Real-time speed (real sockets work), but a test can jump over a long cooldown."""
-    return trio.testing.MockClock(rate=1.0)
-
-
 async def test_healthy_answer_comes_from_the_first_provider(short_dir: Path) -> None:
     async with open_stack(short_dir) as st:
         events = await st.ask()

@@ -90,7 +90,9 @@ class Run:
     send: Send
     out: Output = field(default_factory=Output)
     attempts: list[Attempt] = field(default_factory=list)
-    tried: set[tuple[str, str]] = field(default_factory=set)
+    # Members this request may not go back to (failed for good, or silent, or cut mid-answer).
+    excluded: set[tuple[str, str]] = field(default_factory=set)
+    sent: dict[tuple[str, str], int] = field(default_factory=dict)  # attempts per member
     last_failure: tuple[str, UpstreamError] | None = None
 
 
@@ -289,7 +291,7 @@ class Supervisor:
         while True:
             now = trio.current_time()
             candidates = [
-                m for m in chain if (m.provider, m.model) not in run.tried and m.provider in self.actors
+                m for m in chain if (m.provider, m.model) not in run.excluded and m.provider in self.actors
             ]
             earliest: float | None = None
             for m in candidates:
@@ -320,7 +322,7 @@ class Supervisor:
         attempts = list(run.attempts)
         retry_after: float | None = None
         for m in chain:
-            if (m.provider, m.model) in run.tried or m.provider not in self.actors:
+            if (m.provider, m.model) in run.excluded or m.provider not in self.actors:
                 continue
             actor = self.actors[m.provider]
             adm = actor.peek(m.model, now)
@@ -342,14 +344,14 @@ class Supervisor:
     async def _serve_member(self, run: Run, actor: ProviderActor, model: str) -> DoneEvent | None:
         """Attempts on one member: retries transient failures, continues a cut answer. None: move on."""
         f = self.cfg.failover
-        run.tried.add((actor.id, model))
-        attempt_no = 0
+        key = (actor.id, model)
         while True:
             prefill = self._prefill(actor, model)
             request = continuation_request(run.request, run.out.text, prefill=prefill)
             if request is None:  # the caller's max_tokens is used up: nothing left to continue
                 return None
             relay = Relay(run, actor.id, model)
+            run.sent[key] = run.sent.get(key, 0) + 1
             try:
                 finished = await actor.attempt(request, model, relay)
             except UpstreamError as e:
@@ -363,13 +365,18 @@ class Supervisor:
                     run.attempts.pop()
                     continue
                 if run.out.tool_calls:
+                    run.excluded.add(key)
                     return None  # a cut after whole tool calls cannot be continued safely
-                attempt_no += 1
+                spent = run.sent[key] >= f.max_attempts
                 # Before output a transient failure is retried here; after output the answer
                 # continues on the next member at once (the caller is waiting mid-sentence).
-                if e.kind in RETRYABLE and attempt_no < f.max_attempts and not run.out.any:
-                    await trio.sleep(f.retry_backoff * 2 ** (attempt_no - 1) * random.uniform(0.5, 1.0))
+                if e.kind in RETRYABLE and not spent and not run.out.any:
+                    await trio.sleep(f.retry_backoff * 2 ** (run.sent[key] - 1) * random.uniform(0.5, 1.0))
                     continue
+                # A member cooling from a rate limit or overload may come back within this request
+                # (when every other member is cooling too); anything else is final for it.
+                if spent or run.out.any or e.kind not in (Failure.RATE_LIMITED, Failure.OVERLOADED):
+                    run.excluded.add(key)
                 return None
             await relay.finish()
             if run.attempts:
