@@ -24,6 +24,12 @@ class ImagePart(msgspec.Struct, tag="image", tag_field="type", kw_only=True):
     url: str | None = None
 
 
+class DocumentPart(msgspec.Struct, tag="document", tag_field="type", kw_only=True):
+    media_type: str = "application/pdf"
+    data: str = ""  # base64
+    title: str | None = None
+
+
 class ToolCallPart(msgspec.Struct, tag="tool_call", tag_field="type"):
     id: str
     name: str
@@ -43,7 +49,7 @@ class ThinkingPart(msgspec.Struct, tag="thinking", tag_field="type", kw_only=Tru
     provider: str | None = None
 
 
-Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
+Part = TextPart | ImagePart | DocumentPart | ToolCallPart | ToolResultPart | ThinkingPart
 
 
 class Message(msgspec.Struct):
@@ -74,6 +80,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     stop: list[str] | None = None
     tools: list[Tool] = msgspec.field(default_factory=list)
     tool_choice: str | None = None  # "auto" | "none" | "required" | a tool name
+    thinking_budget: int | None = None  # ask for extended thinking with this many tokens, where supported
 
 
 # ---------------------------------------------------------------- stream events

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -67,6 +68,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
     combined: dict[str, CombinedConfig] = msgspec.field(default_factory=dict)
     exclude: list[str] = msgspec.field(default_factory=list)
+    discovery_interval: float = 3600.0  # seconds between model listings (providers without `models`)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 
@@ -121,13 +123,26 @@ class ResolvedProvider:
         return f"ResolvedProvider(id={self.id!r}, api={self.api!r}, base_url={self.base_url!r})"
 
 
-def _loc(err: msgspec.ValidationError) -> str:
+def _loc(err: msgspec.ValidationError, prefix: str = "") -> str:
     text = str(err)
-    msg, _, where = text.rpartition(" - at `")
-    if not where:
-        return text
-    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:  # an error at the top level carries no path
+        msg, where = text, "$`"
+    key = (prefix + where.rstrip("`").removeprefix("$")).lstrip(".")
     return f"`{key}`: {msg}" if key else msg
+
+
+def _where(raw: dict[str, Any], err: msgspec.ValidationError) -> str:
+    """msgspec spells a table key as `[...]`: find the entry that failed, so the message names it."""
+    if "[...]" in str(err):
+        for section, typ in (("providers", ProviderConfig), ("combined", CombinedConfig)):
+            entries = raw.get(section)
+            for key, value in entries.items() if isinstance(entries, dict) else ():
+                try:
+                    msgspec.convert(value, typ)
+                except msgspec.ValidationError as e:
+                    return _loc(e, f"{section}.{key}")
+    return _loc(err)
 
 
 def parse_config(text: str, source: str = "config.toml") -> Config:
@@ -138,7 +153,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_loc(e)}") from None
+        raise ConfigError(f"{source}: {_where(raw, e)}") from None
     _check(cfg, source)
     return cfg
 
@@ -158,16 +173,19 @@ def _check(cfg: Config, source: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: `{key}`: {why}")
 
+    if cfg.discovery_interval <= 0:
+        raise bad("discovery_interval", f"expected seconds > 0, got {cfg.discovery_interval}")
     if cfg.min_providers < 1:
         raise bad("min_providers", f"expected an integer >= 1, got {cfg.min_providers}")
     f = cfg.failover
     if f.max_attempts < 1:
         raise bad("failover.max_attempts", f"expected an integer >= 1, got {f.max_attempts}")
+    # `not x > 0` rather than `x <= 0`: TOML has nan, and nan compares false.
     for name in ("first_token_timeout", "idle_timeout", "connect_timeout"):
-        if getattr(f, name) <= 0:
+        if not getattr(f, name) > 0:
             raise bad(f"failover.{name}", f"expected seconds > 0, got {getattr(f, name)}")
     for name in ("retry_wait_max", "all_cooling_wait", "retry_backoff"):
-        if getattr(f, name) < 0:
+        if not getattr(f, name) >= 0:
             raise bad(f"failover.{name}", f"expected seconds >= 0, got {getattr(f, name)}")
     for pid, p in cfg.providers.items():
         if "/" in pid or not pid:
@@ -180,12 +198,18 @@ def _check(cfg: Config, source: str) -> None:
             )
         if api not in APIS:
             raise bad(f"providers.{pid}.api", f"expected one of {', '.join(APIS)}, got {api!r}")
-        if p.base_url is None and pid not in PRESETS and api != "bedrock":
+        preset = PRESETS.get(pid)
+        preset_url = preset is not None and preset.api == api and preset.base_url is not None
+        if p.base_url is None and not preset_url and api != "bedrock":
             raise bad(f"providers.{pid}.base_url", "required for a provider without a preset")
         if p.base_url is not None and not p.base_url.startswith(("http://", "https://")):
             raise bad(f"providers.{pid}.base_url", f"expected an http(s) URL, got {p.base_url!r}")
         if p.max_concurrency < 1:
             raise bad(f"providers.{pid}.max_concurrency", "expected an integer >= 1")
+        for name in ("first_token_timeout", "idle_timeout", "connect_timeout"):
+            value = getattr(p, name)
+            if value is not None and not value > 0:
+                raise bad(f"providers.{pid}.{name}", f"expected seconds > 0, got {value}")
     known = set(cfg.providers) | set(PRESETS)
     for i, pid in enumerate(cfg.provider_priority):
         if pid not in known:
@@ -202,7 +226,7 @@ def _check(cfg: Config, source: str) -> None:
             if pid not in cfg.providers and pid not in cfg.provider_priority:
                 raise bad(f"combined.{cid}.members[{i}]", f"unknown provider {pid!r}")
     host, sep, port = cfg.http.listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
         raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")
 
 
@@ -252,5 +276,8 @@ def resolve_provider(cfg: Config, pid: str, env: Mapping[str, str] | None = None
 
 
 def _is_loopback(url: str) -> bool:
-    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-    return host in ("127.0.0.1", "localhost", "[::1]")
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host in ("127.0.0.1", "localhost", "::1")

@@ -92,6 +92,9 @@ class ProviderStatus(msgspec.Struct, kw_only=True):
     failovers_saved: int = 0  # requests this provider finished after another one failed
     key_source: str = ""  # where the credential came from, never the credential
     models: list[ModelHealth] = msgspec.field(default_factory=list)
+    catalog: str = ""  # where its model list came from: static, live, cached, none
+    catalog_error: str | None = None  # why the last listing failed (the cached list is still served)
+    models_offered: int = 0
 
 
 class DaemonInfo(msgspec.Struct, kw_only=True):

@@ -132,7 +132,9 @@ def tricky_offerings() -> list[Offering]:
 
 offering = st.sampled_from(dev_offerings()) | st.deferred(lambda: st.sampled_from(tricky_offerings()))
 samples = st.lists(offering, min_size=1, max_size=60, unique=True)
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 @FAST
@@ -335,6 +337,20 @@ def test_speed_tiers_of_same_weights_merge() -> None:
         ("kimi-k2-thinking-turbo", "moonshotai/kimi-k2-thinking"),
     ]:
         assert len(group_offerings([("one", a), ("two", b)])) == 1, (a, b)
+
+
+@pytest.mark.parametrize(
+    ("undated", "dated", "gid"),
+    [
+        ("alibaba/qwen3.5-flash", "qwen/qwen3.5-flash-02-23", "qwen3.5-flash"),
+        ("cohere/command-a", "command-a-03-2025", "command-a"),
+        ("xai/grok-4.20-reasoning", "grok-4.20-0309-reasoning", "grok-4.20-reasoning"),
+        ("gemini-2.0-flash", "gemini-2.0-flash-001", "gemini-2.0-flash"),
+        ("anthropic/claude-3.7-sonnet", "claude-3-7-sonnet@20250219", "claude-3-7-sonnet"),
+    ],
+)
+def test_dated_forms_merge_with_their_only_snapshot(undated: str, dated: str, gid: str) -> None:
+    assert group_offerings([("one", undated), ("two", dated)]) == {gid: [("one", undated), ("two", dated)]}
 
 
 # ---------------------------------------------------------------- providers not in the dev file

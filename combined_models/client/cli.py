@@ -269,6 +269,8 @@ def _human(event: StreamEvent, out: dict[str, bool]) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
     prompt = args.prompt
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
@@ -276,8 +278,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise UsageError("the prompt is empty")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1")
     status = EXIT_FAILED
     state: dict[str, bool] = {}
     with Client(_socket(args)) as c:

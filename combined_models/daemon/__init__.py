@@ -10,7 +10,7 @@ import trio
 
 from ..config import Config
 from ..paths import state_file
-from .server import Server, serve_until_signalled
+from .server import Server, claim_socket, serve_until_signalled
 from .supervisor import Supervisor
 
 __all__ = ["Server", "Supervisor", "open_daemon", "run_daemon"]
@@ -20,7 +20,10 @@ def make_server(
     cfg: Config, socket_path: Path, config_path: Path | None = None, *, persist: bool = True
 ) -> Server:
     health = state_file(socket_path, "health") if persist else None
-    sup = Supervisor(cfg, socket=socket_path, config_path=config_path, health_file=health)
+    catalogs = state_file(socket_path, "catalogs") if persist else None
+    sup = Supervisor(
+        cfg, socket=socket_path, config_path=config_path, health_file=health, catalog_file=catalogs
+    )
     return Server(sup, socket_path)
 
 
@@ -29,7 +32,9 @@ def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path))
+    # Claimed before trio starts, so "already running" and path errors surface as plain exceptions.
+    with claim_socket(socket_path) as sock:
+        trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path), sock)
 
 
 async def open_daemon(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ class Failure(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     CONTENT_FILTER = "content_filter"
     PREFILL_REJECTED = "prefill_rejected"
+    UNSUPPORTED = "unsupported"  # the request uses something this dialect cannot express
 
 
 # Classes that belong to the account or the host, not to one model.
@@ -96,9 +98,11 @@ def parse_go_duration(value: str) -> float | None:
         pos = m.end()
     if pos != len(value):
         try:  # a bare number: seconds
-            return float(value)
+            secs = float(value)
         except ValueError:
             return None
+        # Azure sends -1 for "no value"; nan/inf are no durations either.
+        return secs if math.isfinite(secs) and secs >= 0 else None
     return total
 
 
@@ -169,9 +173,16 @@ _WAIT_IN_TEXT = re.compile(
     re.IGNORECASE,
 )
 
+_GO_WAIT_IN_TEXT = re.compile(
+    r"(?:retry|try again|wait)\D{0,20}?\b((?:\d+(?:\.\d+)?(?:ms|h|m|s)){2,})\b", re.IGNORECASE
+)
+
 
 def retry_after_from_text(text: str) -> float | None:
     """A wait named in an error message ("Please retry in 42.87s", "try again in 51 hours")."""
+    m = _GO_WAIT_IN_TEXT.search(text)
+    if m:  # OpenAI's own messages: "Please try again in 6m0s", "in 16m0.096s"
+        return parse_go_duration(m.group(1).lower())
     m = _WAIT_IN_TEXT.search(text)
     if not m:
         return None

@@ -24,6 +24,8 @@ from .errors import NO_PENALTY, Failure, UpstreamError
 from .health import Admission, HealthBook, State
 
 MAX_ERROR_BODY = 64 * 1024
+DISCOVERY_TIMEOUT = 20.0  # seconds for a whole model listing, all pages
+MAX_MODEL_PAGES = 50
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
 
 OnItem = Callable[[DecodedItem], Awaitable[None]]
@@ -37,6 +39,10 @@ class ProviderActor:
         self.dialect: Dialect | None = dialect_for(provider.api)
         self.health = HealthBook()
         self.offered: list[str] = list(provider.models or ())
+        # Where `offered` came from: "static" (config), "live" (listed now), "cached" (an earlier listing), "none".
+        self.catalog_source = "static" if provider.models is not None else "none"
+        self.catalog_error: str | None = None
+        self.catalog_fetched_at: float | None = None  # wall clock
         self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
         self._client: httpx.AsyncClient | None = None
         self._endpoint = Endpoint(
@@ -73,6 +79,54 @@ class ProviderActor:
                 await trio.sleep_forever()
             finally:
                 self._client = None
+
+    # ------------------------------------------------------------ discovery
+
+    @property
+    def discovers(self) -> bool:
+        """Whether this provider's models come from its list endpoint (no static list, usable)."""
+        return self.catalog_source != "static" and not self.disabled
+
+    def use_cached(self, models: list[str], fetched_at: float) -> None:
+        """Models from an earlier run's listing: served until a live listing succeeds."""
+        if self.catalog_source == "none":
+            self.offered, self.catalog_source, self.catalog_fetched_at = list(models), "cached", fetched_at
+
+    async def discover(self) -> bool:
+        """List the provider's models. On failure keep what we had and remember why, for status."""
+        assert self.dialect is not None and self._client is not None, "actor not running"
+        ids: list[str] = []
+        try:
+            with trio.fail_after(DISCOVERY_TIMEOUT):
+                cursor: str | None = None
+                for _ in range(MAX_MODEL_PAGES):
+                    req = self.dialect.build_list_models(self._endpoint, datetime.now(UTC), cursor)
+                    resp = await self._client.request(
+                        req.method, req.url, headers=req.headers, content=req.body or None
+                    )
+                    if resp.status_code != 200:
+                        raise self.dialect.classify_error(
+                            resp.status_code, dict(resp.headers), resp.content, datetime.now(UTC)
+                        )
+                    page, cursor = self.dialect.parse_models(resp.content, cursor)
+                    ids += page
+                    if cursor is None:
+                        break
+        except (UpstreamError, httpx.HTTPError, trio.TooSlowError, ValueError, KeyError, TypeError) as e:
+            why = (
+                e.message
+                if isinstance(e, UpstreamError)
+                else (
+                    f"timed out after {DISCOVERY_TIMEOUT:.0f}s"
+                    if isinstance(e, trio.TooSlowError)
+                    else repr(e)
+                )
+            )
+            self.catalog_error = self.redact(f"model listing failed: {why}")
+            return False
+        self.offered = list(dict.fromkeys(ids))
+        self.catalog_source, self.catalog_error, self.catalog_fetched_at = "live", None, time.time()
+        return True
 
     # ------------------------------------------------------------ decisions
 
@@ -134,7 +188,7 @@ class ProviderActor:
     async def _attempt(
         self, client: httpx.AsyncClient, dialect: Dialect, request: ChatRequest, model: str, on_item: OnItem
     ) -> Finished:
-        built = dialect.build_chat(request, model, self._endpoint)
+        built = dialect.build_chat(request, model, self._endpoint, datetime.now(UTC))
         http_req = client.build_request(built.method, built.url, headers=built.headers, content=built.body)
         limit = self.first_token_timeout(request)
         first_deadline = trio.current_time() + limit
@@ -249,6 +303,9 @@ class ProviderActor:
             failovers_saved=self.failovers_saved,
             key_source=self.provider.key_source,
             models=models,
+            catalog=self.catalog_source,
+            catalog_error=self.catalog_error,
+            models_offered=len(self.offered),
         )
 
     def snapshot(self, now: float) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def _peer_uid(sock: trio.socket.SocketType) -> int | None:
 
 
 @contextlib.contextmanager
-def claim_socket(path: Path) -> Iterator[trio.socket.SocketType]:
+def claim_socket(path: Path) -> Iterator[pysocket.socket]:
     """Bind `path`, making sure no live daemon serves it; a stale socket from a killed daemon is replaced.
 
     A lock file beside the socket, held for the daemon's life, settles races
@@ -232,11 +232,10 @@ def claim_socket(path: Path) -> Iterator[trio.socket.SocketType]:
                 raise AlreadyRunning(f"a daemon is already serving {path}")
             finally:
                 probe.close()
-        sock = trio.socket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
-            # binding a Unix socket does not block; trio's async bind would only add a thread hop
-            sock._sock.bind(str(path))  # type: ignore[attr-defined]
+            sock.bind(str(path))
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -264,10 +263,20 @@ class Server:
         self.stopping = True
         self._stop.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until asked to stop, then give in-flight streams a grace period."""
-        with claim_socket(self.socket_path) as sock:
-            listener = trio.SocketListener(sock)
+    async def run(
+        self,
+        sock: pysocket.socket | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until asked to stop, then give in-flight streams a grace period.
+
+        `sock` is a socket from `claim_socket`; without one, the server claims its path itself.
+        """
+        with contextlib.ExitStack() as stack:
+            if sock is None:
+                sock = stack.enter_context(claim_socket(self.socket_path))
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.supervisor.run)
                 conns = trio.open_nursery()
@@ -299,7 +308,7 @@ class Server:
             nursery.start_soon(Connection(stream, self).serve)
 
 
-async def serve_until_signalled(server: Server) -> None:
+async def serve_until_signalled(server: Server, sock: pysocket.socket | None = None) -> None:
     """Run `server` until a shutdown frame, SIGTERM or SIGINT stops it gracefully."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -309,5 +318,5 @@ async def serve_until_signalled(server: Server) -> None:
                     server.request_stop()
 
             nursery.start_soon(watch)
-            await server.run()
+            await server.run(sock)
             nursery.cancel_scope.cancel()

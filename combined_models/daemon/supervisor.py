@@ -41,6 +41,7 @@ log = logging.getLogger("combined_models.daemon")
 
 Send = Callable[[StreamEvent], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
+STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
 
 
 class UnknownModel(Exception):
@@ -145,17 +146,19 @@ class Supervisor:
         socket: Path | None = None,
         config_path: Path | None = None,
         health_file: Path | None = None,
+        catalog_file: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.socket = socket
         self.config_path = config_path
         self.health_file = health_file
+        self.catalog_file = catalog_file
         self.actors: dict[str, ProviderActor] = {}
         for pid in provider_ids(cfg):
             self.actors[pid] = ProviderActor(resolve_provider(cfg, pid), cfg.failover)
-        self.models: dict[str, CombinedModel] = build_models(
-            cfg, {pid: a.offered for pid, a in self.actors.items() if not a.disabled}
-        )
+        self._load_catalogs()
+        self.models: dict[str, CombinedModel] = {}
+        self.rebuild_models()
         # (provider, model) pairs that answered a prefill with a 400: remembered for the daemon's life.
         self.no_prefill: set[tuple[str, str]] = set()
         self.started_at = time.monotonic()
@@ -167,11 +170,76 @@ class Supervisor:
             self._restore_health()
             if self.health_file is not None:
                 nursery.start_soon(self._save_health_periodically)
+            # Start serving once the first listings are in (or after a short wait: the cache covers).
+            first_listing = trio.Event()
+            nursery.start_soon(self._discover_periodically, first_listing)
+            with trio.move_on_after(STARTUP_DISCOVERY_WAIT):
+                await first_listing.wait()
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
                 self.save_health()  # synchronous: runs even while being cancelled
+
+    # ------------------------------------------------------------ model catalogs
+
+    def rebuild_models(self) -> None:
+        self.models = build_models(
+            self.cfg, {pid: a.offered for pid, a in self.actors.items() if not a.disabled}
+        )
+
+    def _load_catalogs(self) -> None:
+        """The last good listing of each discovering provider, so a restart without network still serves."""
+        if self.catalog_file is None:
+            return
+        try:
+            data = json.loads(self.catalog_file.read_text())
+        except (OSError, ValueError):
+            return
+        for pid, entry in (data.get("providers") or {}).items():
+            actor = self.actors.get(pid)
+            if actor is not None and actor.discovers and isinstance(entry, dict):
+                models = [str(m) for m in entry.get("models") or []]
+                actor.use_cached(models, float(entry.get("fetched_at") or 0.0))
+
+    def _save_catalogs(self) -> None:
+        if self.catalog_file is None:
+            return
+        keep = {
+            pid: {"models": a.offered, "fetched_at": a.catalog_fetched_at}
+            for pid, a in self.actors.items()
+            if a.catalog_source in ("live", "cached")
+        }
+        try:
+            write_private(self.catalog_file, json.dumps({"providers": keep}, indent=1).encode())
+        except OSError as e:
+            log.warning("cannot save model catalogs to %s: %s", self.catalog_file, e)
+
+    async def refresh_catalogs(self) -> None:
+        """List every discovering provider's models at once, then rebuild the combined models."""
+        results: dict[str, bool] = {}
+
+        async def one(actor: ProviderActor) -> None:
+            results[actor.id] = await actor.discover()
+            if not results[actor.id]:
+                log.warning(
+                    "%s: %s (serving its %s list)", actor.id, actor.catalog_error, actor.catalog_source
+                )
+
+        async with trio.open_nursery() as nursery:
+            for actor in self.actors.values():
+                if actor.discovers:
+                    nursery.start_soon(one, actor)
+        if results:
+            self.rebuild_models()
+            if any(results.values()):
+                self._save_catalogs()
+
+    async def _discover_periodically(self, first: trio.Event) -> None:
+        while True:
+            await self.refresh_catalogs()
+            first.set()
+            await trio.sleep(self.cfg.discovery_interval)
 
     # ------------------------------------------------------------ health persistence
 

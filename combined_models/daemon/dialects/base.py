@@ -25,13 +25,19 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and as whom a provider is reached (credentials are resolved by the actor)."""
+    """Where and as whom a provider is reached, as of now (the actor refreshes short-lived tokens).
+
+    `api_key` is the bearer/API key the dialect puts in its auth header; `credentials`
+    carries anything richer (Bedrock's AwsCredentials), `region` where the API is regional.
+    """
 
     base_url: str
     api_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     # Dialect knobs that depend on the provider rather than the wire format.
     options: Mapping[str, Any] = field(default_factory=dict)
+    credentials: Any = None
+    region: str | None = None
 
 
 class StreamDecoder(Protocol):
@@ -47,8 +53,14 @@ class StreamDecoder(Protocol):
 class Dialect(Protocol):
     name: str
 
-    def build_chat(self, request: ChatRequest, model: str, endpoint: Endpoint) -> HttpRequest:
-        """A streaming chat request for `model`."""
+    def build_chat(
+        self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
+    ) -> HttpRequest:
+        """A streaming chat request for `model`. `now` (UTC) is for signatures.
+
+        Raises UpstreamError(Failure.UNSUPPORTED) for what this dialect cannot express
+        (never a silent drop); the supervisor then tries the next member.
+        """
         ...
 
     def stream_decoder(self) -> StreamDecoder: ...
@@ -59,9 +71,15 @@ class Dialect(Protocol):
         """An HTTP error response -> the UpstreamError to act on."""
         ...
 
-    def build_list_models(self, endpoint: Endpoint) -> HttpRequest: ...
+    def build_list_models(
+        self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
+    ) -> HttpRequest:
+        """The request for one page of the provider's model list (`cursor` None: the first)."""
+        ...
 
-    def parse_models(self, body: bytes) -> list[str]: ...
+    def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
+        """The model ids on one page, and the cursor of the next page (None: that was the last)."""
+        ...
 
 
 def json_body(obj: Any) -> bytes:

@@ -91,7 +91,9 @@ def _tool_choice(choice: str) -> Any:
 class OpenAIDialect:
     name = "openai"
 
-    def build_chat(self, request: ChatRequest, model: str, endpoint: Endpoint) -> HttpRequest:
+    def build_chat(
+        self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
+    ) -> HttpRequest:
         body: dict[str, Any] = {
             "model": model,
             "messages": encode_messages(request),
@@ -137,15 +139,18 @@ class OpenAIDialect:
             retry = retry_after_from_text(message)
         return UpstreamError(kind, f"HTTP {status}: {short(message)}", status=status, retry_after=retry)
 
-    def build_list_models(self, endpoint: Endpoint) -> HttpRequest:
+    def build_list_models(
+        self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
+    ) -> HttpRequest:
         headers = {"accept": "application/json", **endpoint.headers}
         if endpoint.api_key:
             headers["authorization"] = f"Bearer {endpoint.api_key}"
         return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
 
-    def parse_models(self, body: bytes) -> list[str]:
+    def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
         data = json.loads(body)
-        return [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+        items = data.get("data", []) if isinstance(data, dict) else []
+        return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
 
 
 def _error_object(body: bytes) -> dict[str, Any]:
@@ -211,7 +216,13 @@ class OpenAIStreamDecoder:
         for event in self._sse.feed(data):
             if self._done:
                 break
-            out.extend(self._event(event.data))
+            try:
+                out.extend(self._event(event.data))
+            except (TypeError, AttributeError, ValueError, KeyError) as e:
+                # Valid JSON of the wrong shape is a malformed event too: a stream failure, not our bug.
+                raise UpstreamError(
+                    Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
+                ) from e
         return out
 
     def close(self) -> list[DecodedItem]:

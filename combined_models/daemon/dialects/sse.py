@@ -41,8 +41,14 @@ class SSEDecoder:
             self._skip_lf = False
             if text[0] == "\n":
                 pos = 1
+        # The next CR and LF at or after pos, searched again only once passed (-1: none left),
+        # so a chunk of many lines is not rescanned to its end for every line.
+        cr, lf = text.find("\r", pos), text.find("\n", pos)
         while pos < n:
-            cr, lf = text.find("\r", pos), text.find("\n", pos)
+            if 0 <= cr < pos:
+                cr = text.find("\r", pos)
+            if 0 <= lf < pos:
+                lf = text.find("\n", pos)
             ends = [i for i in (cr, lf) if i >= 0]
             if not ends:
                 self._partial += text[pos:]

@@ -1,0 +1,143 @@
+"""Model discovery: live listings, the cached catalog when a listing fails, combined models from them."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from combined_models.client.aio import open_client
+from combined_models.config import parse_config
+from combined_models.daemon import Server, make_server
+from combined_models.simulator import Simulator
+
+from .conftest import ANSWER
+
+SEED_IDS = {  # real-style ids of one model at the four seed providers (all served by OpenAI-shaped sims here)
+    "anthropic-like": "claude-sonnet-4-5-20250929",
+    "bedrock-like": "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "openrouter-like": "anthropic/claude-sonnet-4.5",
+    "copilot-like": "claude-sonnet-4.5",
+}
+
+
+def discovering_config(urls: dict[str, str]) -> str:
+    lines = [
+        f"provider_priority = {list(urls)!r}".replace("'", '"'),
+        "[failover]",
+        "first_token_timeout = 1.0",
+    ]
+    for pid, url in urls.items():
+        lines += [
+            f"[providers.{pid}]",
+            'api = "openai"',
+            f'base_url = "{url}"',
+            'api_key = "sk-x-0123456789"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def sims(names_models: dict[str, list[str]]) -> AsyncIterator[dict[str, Simulator]]:
+    async with trio.open_nursery() as nursery:
+        out = {}
+        for name, models in names_models.items():
+            out[name] = Simulator(models=models, text=ANSWER, name=name)
+            await nursery.start(out[name].run)
+        yield out
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def daemon(toml: str, sock: Path) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        server = make_server(parse_config(toml), sock)  # persistent: catalogs and health in the state dir
+        await nursery.start(server.run)
+        yield server
+        server.request_stop()
+
+
+@asynccontextmanager
+async def broken_listing(kind: str) -> AsyncIterator[str]:
+    """An endpoint whose /models answers 500, bad JSON, or nothing at all (a stall)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            if kind == "stall":
+                await trio.sleep_forever()
+            body = b"{not json" if kind == "bad-json" else b'{"error":{"message":"boom"}}'
+            status = b"200 OK" if kind == "bad-json" else b"500 Internal Server Error"
+            await stream.send_all(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
+            )
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        yield f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_four_real_style_ids_form_one_combined_model_in_priority_order(short_dir: Path) -> None:
+    async with sims({pid: [mid, "unrelated-model-x"] for pid, mid in SEED_IDS.items()}) as ss:
+        toml = discovering_config({pid: sim.base_url for pid, sim in ss.items()})
+        async with daemon(toml, short_dir / "d.sock") as server, open_client(server.socket_path) as c:
+            models = {m.id: m for m in (await c.models()).models}
+            assert "claude-sonnet-4-5" in models, list(models)
+            members = [(x.provider, x.model) for x in models["claude-sonnet-4-5"].members]
+            assert members == list(SEED_IDS.items())
+            events = [e async for e in c.chat("claude-sonnet-4-5", "hi")]
+            assert events[-1].provider == "anthropic-like"  # type: ignore[union-attr]
+            status = {p.id: p for p in (await c.status()).providers}
+            assert all(p.catalog == "live" and p.models_offered == 2 for p in status.values())
+
+
+@pytest.mark.parametrize("failure", ["500", "bad-json", "stall", "unreachable"])
+async def test_a_failing_listing_keeps_the_cached_catalog(
+    short_dir: Path, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import combined_models.daemon.provider as provider
+
+    monkeypatch.setattr(provider, "DISCOVERY_TIMEOUT", 1.0)
+    sock = short_dir / "d.sock"
+    async with sims({"a": ["model-one"], "b": ["model-one"]}) as ss:
+        urls = {pid: sim.base_url for pid, sim in ss.items()}
+        async with daemon(discovering_config(urls), sock) as server, open_client(server.socket_path) as c:
+            assert [m.id for m in (await c.models()).models] == ["model-one"]
+
+        # Restart with provider a's listing broken: it serves its cached models and says why.
+        async with broken_listing(failure if failure != "unreachable" else "500") as bad_url:
+            if failure == "unreachable":
+                bad_url = "http://127.0.0.1:9/v1"  # the discard port: connection refused
+            toml = discovering_config({"a": bad_url, "b": urls["b"]})
+            async with daemon(toml, sock) as server, open_client(server.socket_path) as c:
+                models = (await c.models()).models
+                assert [(m.id, [x.provider for x in m.members]) for m in models] == [
+                    ("model-one", ["a", "b"])
+                ]
+                a = {p.id: p for p in (await c.status()).providers}["a"]
+                assert a.catalog == "cached" and a.models_offered == 1
+                assert a.catalog_error and "model listing failed" in a.catalog_error
+                events = [e async for e in c.chat("model-one", "hi")]
+                assert events[-1].provider == "b"  # type: ignore[union-attr]
+
+
+async def test_the_daemon_starts_from_cache_with_every_provider_unreachable(short_dir: Path) -> None:
+    sock = short_dir / "d.sock"
+    async with sims({"a": ["model-one"], "b": ["model-one"]}) as ss:
+        toml = discovering_config({pid: sim.base_url for pid, sim in ss.items()})
+        async with daemon(toml, sock):
+            pass
+    dead = discovering_config({"a": "http://127.0.0.1:9/v1", "b": "http://127.0.0.1:9/v1"})
+    with trio.fail_after(5):
+        async with daemon(dead, sock) as server, open_client(server.socket_path) as c:
+            assert [m.id for m in (await c.models()).models] == ["model-one"]

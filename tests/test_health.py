@@ -1,0 +1,467 @@
+"""The pure health state machine, driven with explicit `now` values (and once with trio's MockClock)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+
+from combined_models.daemon.errors import Failure
+from combined_models.daemon.health import (
+    DEFAULT_POLICY,
+    Breaker,
+    HealthBook,
+    Policy,
+    State,
+    admit,
+    fail,
+    release,
+    succeed,
+)
+
+P = DEFAULT_POLICY
+T0 = 1000.0
+
+
+# ---------------------------------------------------------------- Breaker transitions
+
+
+def test_ready_sends() -> None:
+    b = Breaker()
+    assert admit(b, T0) == (b, "send")
+    assert b.remaining(T0) == 0.0
+
+
+def test_rate_limit_cools_down_for_the_hint() -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=30.0)
+    assert (b.state, b.until, b.strikes, b.reason) == (State.COOLDOWN, T0 + 30.0, 1, "rate_limited")
+    assert b.remaining(T0 + 10) == 20.0
+    assert admit(b, T0 + 29.999)[1] == "wait"
+
+
+def test_hint_is_capped() -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=30 * 86400.0)
+    assert b.until == T0 + P.hint_cap
+
+
+@pytest.mark.parametrize("hint", [None, 0.0, -3.0])
+def test_no_usable_hint_uses_the_default(hint: float | None) -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=hint)
+    assert b.until == T0 + P.base[Failure.RATE_LIMITED]
+
+
+def test_default_cooldown_doubles_on_repeats_and_is_capped() -> None:
+    b, now, waits = Breaker(), T0, []
+    for _ in range(8):
+        b = fail(b, now, Failure.RATE_LIMITED)
+        waits.append(b.until - now)
+        now = b.until
+        b, decision = admit(b, now)
+        assert decision == "probe"
+    assert waits == [4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0]
+    assert b.strikes == 8
+
+
+def test_overload_and_transient_start_at_about_a_second() -> None:
+    assert fail(Breaker(), T0, Failure.OVERLOADED).until == T0 + 1.0
+    b = Breaker()
+    for _ in range(P.circuit_threshold):
+        b = fail(b, T0, Failure.TRANSIENT)
+    assert b.until == T0 + 1.0
+
+
+def test_huge_strike_counts_do_not_overflow() -> None:
+    b = fail(Breaker(strikes=10_000), T0, Failure.OVERLOADED)
+    assert b.until == T0 + P.cap
+
+
+def test_transient_failures_open_the_circuit_only_at_the_threshold() -> None:
+    b = Breaker()
+    for run in range(1, P.circuit_threshold):
+        b = fail(b, T0, Failure.TRANSIENT)
+        assert (b.state, b.transient_run) == (State.READY, run)
+        assert admit(b, T0)[1] == "send"
+    b = fail(b, T0, Failure.TRANSIENT)
+    assert (b.state, b.transient_run, b.strikes) == (State.COOLDOWN, 0, 1)
+    assert admit(b, T0)[1] == "wait"
+
+
+def test_custom_circuit_threshold() -> None:
+    policy = Policy(circuit_threshold=1)
+    assert fail(Breaker(), T0, Failure.TRANSIENT, policy=policy).state is State.COOLDOWN
+
+
+def test_success_resets_the_transient_run() -> None:
+    b = fail(fail(Breaker(), T0, Failure.TRANSIENT), T0, Failure.TRANSIENT)
+    b = succeed(b)
+    b = fail(fail(b, T0, Failure.TRANSIENT), T0, Failure.TRANSIENT)
+    assert b.state is State.READY
+
+
+def test_cooldown_admits_exactly_one_probe_once_the_time_is_up() -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=10.0)
+    assert admit(b, T0 + 9.9) == (b, "wait")
+    b, decision = admit(b, T0 + 10.0)
+    assert decision == "probe"
+    assert (b.state, b.until) == (State.PROBING, T0 + 10.0 + P.probe_timeout)
+    # a second, concurrent request waits for the probe's verdict
+    b2, decision = admit(b, T0 + 10.5)
+    assert (b2, decision) == (b, "wait")
+
+
+def test_unanswered_probe_lets_the_next_one_through_after_the_probe_timeout() -> None:
+    b, _ = admit(fail(Breaker(), T0, Failure.OVERLOADED), T0 + 1)
+    assert admit(b, T0 + 1 + P.probe_timeout - 0.1)[1] == "wait"
+    assert admit(b, T0 + 1 + P.probe_timeout)[1] == "probe"
+
+
+def test_probe_success_is_ready_and_strikes_halve() -> None:
+    b = Breaker()
+    for _ in range(4):
+        b = fail(b, T0, Failure.RATE_LIMITED)
+    assert b.strikes == 4
+    b, decision = admit(b, T0 + 1000)
+    assert decision == "probe"
+    b = succeed(b)
+    assert (b.state, b.strikes, b.reason) == (State.READY, 2, "")
+    assert succeed(b).strikes == 1
+    assert succeed(succeed(b)).strikes == 0
+
+
+def test_probe_failure_cools_again_for_longer() -> None:
+    b = fail(Breaker(), T0, Failure.OVERLOADED)
+    first = b.until - T0
+    b, _ = admit(b, b.until)
+    now = b.until - P.probe_timeout + 0.5  # the probe answered half a second later
+    b = fail(b, now, Failure.OVERLOADED)
+    assert b.state is State.COOLDOWN
+    assert b.until - now == 2 * first
+
+
+def test_a_transient_probe_failure_cools_at_once() -> None:
+    """The circuit threshold is for a ready breaker; a failed probe does not get three tries."""
+    b = fail(Breaker(), T0, Failure.OVERLOADED)
+    b, _ = admit(b, b.until)
+    b = fail(b, T0 + 2, Failure.TRANSIENT)
+    assert b.state is State.COOLDOWN
+
+
+def test_release_after_a_cancelled_probe_lets_the_next_request_probe() -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=5.0)
+    b, decision = admit(b, T0 + 5)
+    assert decision == "probe"
+    assert admit(b, T0 + 6)[1] == "wait"
+    b = release(b, T0 + 6)
+    assert b.state is State.COOLDOWN
+    b, decision = admit(b, T0 + 6)
+    assert decision == "probe"
+
+
+def test_release_outside_probing_changes_nothing() -> None:
+    for b in (Breaker(), fail(Breaker(), T0, Failure.RATE_LIMITED), Breaker(state=State.DISABLED)):
+        assert release(b, T0 + 1) == b
+
+
+@pytest.mark.parametrize(
+    "kind", [Failure.CONTEXT_TOO_LONG, Failure.BAD_REQUEST, Failure.CONTENT_FILTER, Failure.PREFILL_REJECTED]
+)
+def test_no_penalty_failures_leave_a_ready_breaker_alone(kind: Failure) -> None:
+    b = Breaker(strikes=3, transient_run=1)
+    assert fail(b, T0, kind) is b
+
+
+@pytest.mark.parametrize("kind", [Failure.CONTEXT_TOO_LONG, Failure.BAD_REQUEST])
+def test_no_penalty_failure_of_a_probe_is_a_verdict_of_health(kind: Failure) -> None:
+    b, _ = admit(fail(Breaker(), T0, Failure.RATE_LIMITED), T0 + 10)
+    assert b.state is State.PROBING
+    b = fail(b, T0 + 11, kind)
+    assert b.state is State.READY
+
+
+@pytest.mark.parametrize("kind", [Failure.AUTH, Failure.QUOTA_EXHAUSTED])
+def test_auth_and_quota_go_down(kind: Failure) -> None:
+    b = fail(Breaker(), T0, kind)
+    assert (b.state, b.until, b.reason) == (State.DOWN, T0 + 3600.0, kind.value)
+    assert admit(b, T0 + 3599)[1] == "wait"
+    assert admit(b, T0 + 3600)[1] == "probe"
+    # long fixed penalties do not grow on repeats
+    assert fail(Breaker(strikes=5), T0, kind).until == T0 + 3600.0
+
+
+def test_quota_with_a_named_reset() -> None:
+    b = fail(Breaker(), T0, Failure.QUOTA_EXHAUSTED, hint=51 * 3600.0)
+    assert (b.state, b.until) == (State.DOWN, T0 + 51 * 3600.0)
+
+
+def test_not_found_drops_the_member_for_a_while() -> None:
+    b = fail(Breaker(), T0, Failure.NOT_FOUND)
+    assert (b.state, b.until) == (State.COOLDOWN, T0 + 600.0)
+
+
+@pytest.mark.parametrize("kind", list(Failure))
+def test_disabled_stays_disabled(kind: Failure) -> None:
+    b = Breaker(state=State.DISABLED, reason="no API key")
+    assert fail(b, T0, kind) is b
+    assert succeed(b) is b
+    assert release(b, T0) is b
+    assert admit(b, T0 + 1e9) == (b, "wait")
+
+
+# ---------------------------------------------------------------- HealthBook
+
+
+def test_model_level_failure_blocks_only_that_model() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=20.0)
+    assert book.admit("a", T0 + 1) == book.admit("a", T0 + 1)  # waiting takes nothing
+    adm = book.admit("a", T0 + 1)
+    assert (adm.decision, adm.until, adm.state) == ("wait", T0 + 20.0, State.COOLDOWN)
+    assert book.admit("b", T0 + 1).decision == "send"
+    assert book.provider.state is State.READY
+
+
+@pytest.mark.parametrize("kind", [Failure.AUTH, Failure.UNREACHABLE, Failure.QUOTA_EXHAUSTED])
+def test_provider_level_failure_blocks_every_model(kind: Failure) -> None:
+    book = HealthBook()
+    book.fail("a", T0, kind)
+    for model in ("a", "b", "never-seen"):
+        adm = book.admit(model, T0 + 1)
+        assert adm.decision == "wait", model
+        assert adm.until == book.provider.until
+    assert book.models.get("a", Breaker()).state is State.READY
+
+
+def test_provider_probe_is_taken_once_for_all_models() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.UNREACHABLE)
+    t = book.provider.until
+    assert book.admit("b", t).decision == "probe"
+    assert book.admit("a", t).decision == "wait"
+    book.succeed("b")
+    assert book.admit("a", t).decision == "send"
+
+
+def test_model_failure_during_a_provider_probe_clears_the_provider() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.UNREACHABLE)
+    assert book.admit("a", book.provider.until).decision == "probe"
+    book.fail("a", book.provider.until, Failure.RATE_LIMITED, hint=30.0)
+    assert book.provider.state is State.READY  # the host answered
+    assert book.admit("a", book.provider.until + 1).decision == "wait"
+    assert book.admit("b", book.provider.until + 1).decision == "send"
+
+
+def test_wait_reports_the_latest_blocker() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=100.0)
+    book.fail("a", T0, Failure.UNREACHABLE, hint=5.0)
+    adm = book.admit("a", T0 + 10)
+    assert (adm.decision, adm.until) == ("wait", T0 + 100.0)
+    adm = book.admit("a", T0 + 1)
+    assert (adm.decision, adm.until, adm.state) == ("wait", T0 + 100.0, State.COOLDOWN)
+
+
+def test_a_waiting_model_does_not_take_the_provider_probe() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=100.0)
+    book.fail("b", T0, Failure.UNREACHABLE, hint=5.0)
+    assert book.admit("a", T0 + 10).decision == "wait"
+    assert book.provider.state is State.COOLDOWN  # not PROBING: nobody is probing it
+    assert book.admit("b", T0 + 10).decision == "probe"
+
+
+def test_peek_does_not_take_the_probe() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=10.0)
+    for _ in range(3):
+        assert book.peek("a", T0 + 10).decision == "probe"
+    assert book.models["a"].state is State.COOLDOWN
+    assert "b" not in book.models
+    assert book.peek("b", T0).decision == "send"
+    assert "b" not in book.models
+    assert book.admit("a", T0 + 10).decision == "probe"
+    assert book.admit("a", T0 + 10).decision == "wait"
+
+
+def test_book_release_after_cancelled_probe() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.OVERLOADED)
+    assert book.admit("a", T0 + 1).decision == "probe"
+    book.release("a", T0 + 2)
+    assert book.admit("a", T0 + 2).decision == "probe"
+
+
+def test_book_no_penalty_failure_changes_nothing() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.CONTEXT_TOO_LONG)
+    book.fail("a", T0, Failure.PREFILL_REJECTED)
+    assert book.admit("a", T0).decision == "send"
+    assert book.summary(T0, ["a"]) == (State.READY, 0.0)
+
+
+def test_disable() -> None:
+    book = HealthBook()
+    book.disable("no API key (set OPENAI_API_KEY)")
+    adm = book.admit("a", T0)
+    assert (adm.decision, adm.state) == ("wait", State.DISABLED)
+    book.succeed("a")
+    book.fail("a", T0, Failure.AUTH)
+    assert book.provider.state is State.DISABLED
+    assert book.summary(T0, ["a"]) == (State.DISABLED, 0.0)
+
+
+def test_summary() -> None:
+    book = HealthBook()
+    assert book.summary(T0, ["a", "b"]) == (State.READY, 0.0)
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=30.0)
+    assert book.summary(T0, ["a", "b"]) == (State.READY, 0.0)  # b is still usable
+    book.fail("b", T0, Failure.RATE_LIMITED, hint=10.0)
+    assert book.summary(T0 + 1, ["a", "b"]) == (State.COOLDOWN, 9.0)  # back at the earliest
+    assert book.summary(T0 + 1, ["a", "b", "c"]) == (State.READY, 0.0)
+    assert book.summary(T0 + 1, []) == (State.READY, 0.0)
+    book.fail("a", T0 + 1, Failure.UNREACHABLE)
+    assert book.summary(T0 + 1, ["a", "b"]) == (State.COOLDOWN, 2.0)
+
+
+def test_summary_down_only_when_every_model_is_down() -> None:
+    book = HealthBook()
+    book.models["a"] = fail(Breaker(), T0, Failure.AUTH)
+    book.models["b"] = fail(Breaker(), T0, Failure.AUTH, hint=100.0)
+    assert book.summary(T0, ["a", "b"]) == (State.DOWN, 100.0)
+    book.fail("b", T0, Failure.RATE_LIMITED, hint=50.0)
+    assert book.summary(T0, ["a", "b"])[0] is State.COOLDOWN
+
+
+def test_summary_provider_probing() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.UNREACHABLE)
+    book.admit("a", T0 + 2)
+    assert book.summary(T0 + 2, ["a"]) == (State.PROBING, P.probe_timeout)
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_snapshot_restore_across_a_restart_keeps_a_long_cooldown() -> None:
+    book = HealthBook()
+    book.fail("claude", T0, Failure.RATE_LIMITED, hint=600.0)
+    book.fail("gpt", T0, Failure.AUTH)
+    wall = 1_750_000_000.0
+    snap = json.loads(json.dumps(book.snapshot(T0 + 100, wall)))  # must be JSON-able
+
+    # 50 s later, in a new process: the monotonic clock restarted near zero.
+    new_now, new_wall = 3.0, wall + 50
+    fresh = HealthBook()
+    fresh.restore(snap, new_now, new_wall)
+    m = fresh.models["claude"]
+    assert (m.state, m.strikes, m.reason) == (State.COOLDOWN, 1, "rate_limited")
+    assert m.remaining(new_now) == pytest.approx(600 - 100 - 50)
+    assert fresh.admit("claude", new_now + 449).decision == "wait"
+    assert fresh.admit("claude", new_now + 450).decision == "wait"  # the provider is down (auth)
+    assert fresh.provider.state is State.DOWN
+    assert fresh.provider.remaining(new_now) == pytest.approx(3600 - 150)
+    fresh.provider = Breaker()  # say the credentials changed
+    assert fresh.admit("claude", new_now + 450).decision == "probe"
+    assert fresh.admit("other", new_now).decision == "send"
+
+
+def test_restore_of_an_expired_cooldown_probes_at_once() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=10.0)
+    snap = book.snapshot(T0, 5000.0)
+    fresh = HealthBook()
+    fresh.restore(snap, 7.0, 5000.0 + 3600)
+    assert fresh.admit("a", 7.0).decision == "probe"
+
+
+def test_snapshot_keeps_only_models_with_something_to_remember() -> None:
+    book = HealthBook()
+    book.admit("plain", T0)
+    book.fail("hit", T0, Failure.RATE_LIMITED)
+    book.models["healed"] = Breaker(strikes=2)
+    snap = book.snapshot(T0, 0.0)
+    assert set(snap["models"]) == {"hit", "healed"}
+    fresh = HealthBook()
+    fresh.restore(snap, 0.0, 0.0)
+    assert fresh.models["healed"] == Breaker(strikes=2)
+
+
+def test_restore_turns_an_unanswered_probe_into_a_cooldown() -> None:
+    book = HealthBook()
+    book.fail("a", T0, Failure.OVERLOADED)
+    book.admit("a", T0 + 1)
+    assert book.models["a"].state is State.PROBING
+    fresh = HealthBook()
+    fresh.restore(book.snapshot(T0 + 1, 100.0), 0.0, 100.0)
+    assert fresh.models["a"].state is State.COOLDOWN
+
+
+def test_restore_does_not_carry_disabled_and_keeps_a_current_disable() -> None:
+    old = HealthBook()
+    old.disable("no key")
+    fresh = HealthBook()
+    fresh.restore(old.snapshot(T0, 0.0), 0.0, 0.0)
+    assert fresh.provider.state is State.READY  # the key may be there now
+
+    down = HealthBook()
+    down.fail("a", T0, Failure.AUTH)
+    disabled = HealthBook()
+    disabled.disable("disabled in the config")
+    disabled.restore(down.snapshot(T0, 0.0), 0.0, 0.0)
+    assert disabled.provider.state is State.DISABLED
+
+
+def test_restore_tolerates_junk() -> None:
+    book = HealthBook()
+    book.restore({"provider": "x", "models": {"a": 5, "b": {}}}, 0.0, 0.0)
+    assert book.provider == Breaker()
+    assert "a" not in book.models
+    assert book.models["b"] == Breaker()
+
+
+# ---------------------------------------------------------------- on trio's clock
+
+
+async def test_full_cycle_on_trio_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+    book = HealthBook()
+    start = trio.current_time()
+    assert book.admit("m", start).decision == "send"
+    book.fail("m", trio.current_time(), Failure.RATE_LIMITED, hint=30.0)
+    assert book.summary(trio.current_time(), ["m"]) == (State.COOLDOWN, 30.0)
+
+    await trio.sleep(29.5)
+    adm = book.admit("m", trio.current_time())
+    assert adm.decision == "wait"
+    await trio.sleep_until(adm.until)
+    assert trio.current_time() - start == pytest.approx(30.0)
+
+    assert book.admit("m", trio.current_time()).decision == "probe"
+    assert book.admit("m", trio.current_time()).decision == "wait"
+    # a model-level probe is summarised as cooling (only a provider-level one shows `probing`)
+    assert book.summary(trio.current_time(), ["m"])[0] is State.COOLDOWN
+    assert book.models["m"].state is State.PROBING
+    await trio.sleep(1.0)
+    book.succeed("m")
+    assert book.admit("m", trio.current_time()).decision == "send"
+    assert book.summary(trio.current_time(), ["m"]) == (State.READY, 0.0)
+    assert book.models["m"].strikes == 0
+
+
+# ---------------------------------------------------------------- current behaviour worth a second look
+
+
+def test_failures_of_requests_already_in_flight_count_as_repeats() -> None:
+    """Five concurrent 429s from one burst, all answered at once, escalate to the cap (4 s -> 60 s)."""
+    b = Breaker()
+    for _ in range(5):
+        b = fail(b, T0, Failure.RATE_LIMITED)
+    assert (b.strikes, b.until) == (5, T0 + P.cap)
+
+
+def test_success_of_a_request_in_flight_clears_a_cooldown() -> None:
+    """A request sent before a 429 that succeeds afterwards ends even a provider-given 600 s cooldown."""
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=600.0)
+    assert succeed(b).state is State.READY
+    assert fail(b, T0 + 1, Failure.CONTEXT_TOO_LONG).state is State.READY
