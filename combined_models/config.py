@@ -46,9 +46,23 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     first_token_timeout: float | None = None
     idle_timeout: float | None = None
     connect_timeout: float | None = None
-    prefill: bool | None = None  # does this provider accept an assistant prefill? (default: by api)
-    region: str | None = None
-    profile: str | None = None
+    # Capabilities (default: what the vendor documents for the api and model id; see capabilities.py)
+    prefill: bool | None = None  # a final assistant message is continued, not answered anew
+    tools: bool | None = None
+    images: bool | None = None
+    thinking: bool | None = None
+    context_window: int | None = None
+    region: str | None = None  # Bedrock: the AWS region (else AWS_REGION or the profile's)
+    profile: str | None = None  # Bedrock: the AWS profile in ~/.aws
+    auth_url: str | None = None  # Copilot: the GitHub API that exchanges tokens (GitHub Enterprise, tests)
+
+
+def _hide_key(self: ProviderConfig) -> str:
+    shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__struct_fields__ if f != "api_key")
+    return f"ProviderConfig({shown}, api_key={'[redacted]' if self.api_key else None})"
+
+
+ProviderConfig.__repr__ = _hide_key  # type: ignore[method-assign,assignment]  # keys never reach a log line
 
 
 class CombinedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -56,9 +70,32 @@ class CombinedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The OpenAI/Anthropic-compatible HTTP front door (port 0: any free port)."""
+
     enabled: bool = True
     listen: str = "127.0.0.1:4141"
-    token: str | None = None
+    token: str | None = None  # None: generated once and kept 0600 in the state dir
+    allow_remote: bool = False  # the explicit opt-in to listen on a non-loopback address
+
+    def __post_init__(self) -> None:
+        # msgspec turns a ValueError here into a ValidationError at `http`, which names the file.
+        import ipaddress
+
+        if self.token is not None and not self.token.strip():
+            raise ValueError("`token` may not be empty (leave it out to have one generated)")
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            return  # a malformed address is reported by the config check, by key
+        host = host.strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and not self.allow_remote:
+            raise ValueError(
+                f"`listen = {self.listen!r}` is not a loopback address; set `allow_remote = true` "
+                "to accept connections from other machines (they still need the token)"
+            )
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -226,7 +263,7 @@ def _check(cfg: Config, source: str) -> None:
             if pid not in cfg.providers and pid not in cfg.provider_priority:
                 raise bad(f"combined.{cid}.members[{i}]", f"unknown provider {pid!r}")
     host, sep, port = cfg.http.listen.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")
 
 
@@ -247,7 +284,8 @@ def resolve_provider(cfg: Config, pid: str, env: Mapping[str, str] | None = None
     if p.api_key:
         key, source = p.api_key, "config file"
     elif p.api_key_env:
-        key, source = env.get(p.api_key_env) or None, f"env {p.api_key_env}"
+        key = env.get(p.api_key_env) or None
+        source = f"env {p.api_key_env}" if key else f"none (env {p.api_key_env} is unset)"
     elif preset:
         for name in preset.key_envs:
             if env.get(name):

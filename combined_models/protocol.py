@@ -103,6 +103,7 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     uptime_s: float
     socket: str = ""
     config: str = ""
+    http: str = ""  # the HTTP front door's host:port; empty when it is off
 
 
 class StatusInfo(msgspec.Struct, kw_only=True):

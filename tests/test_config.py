@@ -169,6 +169,7 @@ BAD = [
     ("[http]\nlisten = ':4141'", "http.listen", "'host:port'"),
     ("[http]\nlisten = 'localhost:http'", "http.listen", "'host:port'"),
     ("[http]\nlisten = '127.0.0.1:99999'", "http.listen", "'host:port'"),
+    ("[http]\nlisten = '127.0.0.1:\u00b2'", "http.listen", "'host:port'"),  # "²".isdigit()
     ("[http]\nlisten = 4141", "http.listen", "Expected `str`"),
     ("[http]\nport = 4141", "http", "unknown field `port`"),
     ("providers = 5", "providers", "Expected `object`"),

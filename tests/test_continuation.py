@@ -184,3 +184,37 @@ def test_repeated_pattern_full_echo() -> None:
 def test_legit_repetition_that_matches_the_tail_is_taken_for_an_echo() -> None:
     """Current behaviour (a limit of the heuristic): a true continuation repeating the tail loses it."""
     assert run("Ha ha", [" ha!"]) == "!"
+
+
+# ---------------------------------------------------------------- later refinements
+
+
+def test_a_whitespace_only_partial_starts_over() -> None:
+    req = ChatRequest(messages=[Message("user", "hi")])
+    assert continuation_request(req, "  \n", prefill=True) is req
+
+
+def test_the_callers_own_prefill_and_the_partial_form_one_assistant_turn() -> None:
+    req = ChatRequest(messages=[Message("user", "list three"), Message("assistant", "1.")])
+    out = continuation_request(req, " apples\n2. ", prefill=True)
+    assert out is not None
+    assert [(m.role, m.text()) for m in out.messages] == [("user", "list three"), ("assistant", "1. apples\n2.")]
+    out = continuation_request(req, " apples", prefill=False)
+    assert out is not None
+    assert [m.role for m in out.messages] == ["user", "assistant", "user"]
+    assert out.messages[1].text() == "1. apples"
+
+
+def test_after_a_prefill_only_a_whole_echo_is_dropped() -> None:
+    sent = "Ha ha"
+    f = EchoFilter(sent, full_only=True)
+    assert f.feed(" ha!") + f.flush() == " ha!"  # a short overlap is real text after a prefill
+    f = EchoFilter(sent, full_only=True)
+    assert f.feed("Ha") + f.feed(" ha, said he") + f.flush() == ", said he"  # the whole partial echoed back
+    f = EchoFilter(sent, full_only=True)
+    assert f.feed("Ha") + f.flush() == "Ha"  # a prefix of it that stops there is text
+
+
+def test_without_prefill_a_short_overlap_is_an_echo() -> None:
+    f = EchoFilter("Ha ha")
+    assert f.feed(" ha!") + f.flush() == "!"

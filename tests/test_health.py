@@ -119,10 +119,10 @@ def test_unanswered_probe_lets_the_next_one_through_after_the_probe_timeout() ->
 
 def test_probe_success_is_ready_and_strikes_halve() -> None:
     b = Breaker()
-    for _ in range(4):
-        b = fail(b, T0, Failure.RATE_LIMITED)
+    for i in range(4):  # four trips, each after the previous cooldown ended
+        b = fail(b, T0 + 1000 * i, Failure.RATE_LIMITED)
     assert b.strikes == 4
-    b, decision = admit(b, T0 + 1000)
+    b, decision = admit(b, T0 + 5000)
     assert decision == "probe"
     b = succeed(b)
     assert (b.state, b.strikes, b.reason) == (State.READY, 2, "")
@@ -330,7 +330,7 @@ def test_summary_down_only_when_every_model_is_down() -> None:
     book.models["a"] = fail(Breaker(), T0, Failure.AUTH)
     book.models["b"] = fail(Breaker(), T0, Failure.AUTH, hint=100.0)
     assert book.summary(T0, ["a", "b"]) == (State.DOWN, 100.0)
-    book.fail("b", T0, Failure.RATE_LIMITED, hint=50.0)
+    book.models["b"] = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=50.0)
     assert book.summary(T0, ["a", "b"])[0] is State.COOLDOWN
 
 
@@ -439,8 +439,8 @@ async def test_full_cycle_on_trio_mock_clock(autojump_clock: trio.testing.MockCl
 
     assert book.admit("m", trio.current_time()).decision == "probe"
     assert book.admit("m", trio.current_time()).decision == "wait"
-    # a model-level probe is summarised as cooling (only a provider-level one shows `probing`)
-    assert book.summary(trio.current_time(), ["m"])[0] is State.COOLDOWN
+    # while every model it offers is cooling or probing, the provider shows as probing
+    assert book.summary(trio.current_time(), ["m"])[0] is State.PROBING
     assert book.models["m"].state is State.PROBING
     await trio.sleep(1.0)
     book.succeed("m")
@@ -449,19 +449,28 @@ async def test_full_cycle_on_trio_mock_clock(autojump_clock: trio.testing.MockCl
     assert book.models["m"].strikes == 0
 
 
-# ---------------------------------------------------------------- current behaviour worth a second look
+# ---------------------------------------------------------------- requests in flight when a cooldown starts
 
 
-def test_failures_of_requests_already_in_flight_count_as_repeats() -> None:
-    """Five concurrent 429s from one burst, all answered at once, escalate to the cap (4 s -> 60 s)."""
+def test_failures_of_requests_already_in_flight_are_not_repeats() -> None:
+    """Five concurrent 429s from one burst are one trip, not five: the cooldown stays short."""
     b = Breaker()
     for _ in range(5):
         b = fail(b, T0, Failure.RATE_LIMITED)
-    assert (b.strikes, b.until) == (5, T0 + P.cap)
+    assert (b.strikes, b.until) == (1, T0 + P.base[Failure.RATE_LIMITED])
 
 
-def test_success_of_a_request_in_flight_clears_a_cooldown() -> None:
-    """A request sent before a 429 that succeeds afterwards ends even a provider-given 600 s cooldown."""
+def test_a_later_hint_from_a_request_in_flight_extends_the_cooldown() -> None:
+    b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=5.0)
+    b = fail(b, T0 + 1, Failure.RATE_LIMITED, hint=30.0)
+    assert (b.strikes, b.until) == (1, T0 + 31)
+    assert fail(b, T0 + 2, Failure.RATE_LIMITED, hint=1.0).until == T0 + 31  # never shortened
+
+
+def test_success_of_a_request_in_flight_does_not_end_a_cooldown() -> None:
+    """A request sent before a 429 that succeeds afterwards leaves the provider's 600 s in force."""
     b = fail(Breaker(), T0, Failure.RATE_LIMITED, hint=600.0)
-    assert succeed(b).state is State.READY
-    assert fail(b, T0 + 1, Failure.CONTEXT_TOO_LONG).state is State.READY
+    assert succeed(b) == b
+    assert fail(b, T0 + 1, Failure.CONTEXT_TOO_LONG) == b
+    probe, decision = admit(b, T0 + 600)
+    assert decision == "probe" and succeed(probe).state is State.READY

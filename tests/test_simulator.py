@@ -564,7 +564,13 @@ async def test_control_endpoints() -> None:
     assert (pushed.status_code, pushed.json()) == (200, {"queued": 1})
     assert bad.status_code == 400
     assert (limited.status_code, fine.status_code) == (429, 200)
-    assert stats == {"chat_requests": 2, "completed": 1, "disconnects": 0, "open_connections": 1}
+    assert stats == {
+        "chat_requests": 2,
+        "completed": 1,
+        "disconnects": 0,
+        "open_connections": 1,
+        "endpoint_requests": {},
+    }
     assert [(r["fault"], r["status"], r["outcome"]) for r in recorded] == [
         ("status", 429, "error"),
         (None, 200, "completed"),

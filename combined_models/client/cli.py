@@ -162,6 +162,8 @@ def _table(rows: list[list[str]]) -> str:
 def render_status(st: StatusInfo) -> str:
     d = st.daemon
     lines = [f"daemon  pid {d.pid}  version {d.version}  up {_ago(d.uptime_s)}  socket {d.socket}"]
+    if d.http:
+        lines[0] += f"  http {d.http}"
     if not st.providers:
         lines.append("no providers configured (see `cmctl --help` for the config file)")
         return "\n".join(lines)
@@ -292,6 +294,58 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return status
 
 
+# ---------------------------------------------------------------- the HTTP front door
+
+
+def cmd_http_token(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
+    from ..daemon.gateway import load_token
+
+    try:
+        cfg = load_config(_config(args))
+    except ConfigError as e:
+        _err(f"bad config: {e}")
+        return EXIT_USAGE
+    try:
+        print(load_token(cfg.http))
+    except OSError as e:
+        _err(f"cannot read or create the token: {e}")
+        return EXIT_FAILED
+    if not cfg.http.enabled:
+        _err("note: the HTTP front door is off ([http] enabled = false)")
+    return EXIT_OK
+
+
+def cmd_opencode_config(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
+    from ..daemon.gateway import load_token
+    from ..daemon.gateway.auth import client_host
+
+    with Client(_socket(args), timeout=10) as c:
+        daemon = c.status().daemon
+        models = c.models().models
+    if not daemon.http:
+        _err(
+            "the daemon's HTTP front door is off (see [http] in its config, or its log if the port was taken)"
+        )
+        return EXIT_FAILED
+    try:  # the token of the config the daemon runs with
+        cfg = load_config(Path(daemon.config) if daemon.config else _config(args))
+        token = load_token(cfg.http)
+    except (ConfigError, OSError) as e:
+        _err(f"cannot read the token: {e}")
+        return EXIT_FAILED
+    host, _, port = daemon.http.rpartition(":")
+    provider = {
+        "npm": "@ai-sdk/openai-compatible",
+        "name": "Combined models",
+        "options": {"baseURL": f"http://{client_host(host.strip('[]'))}:{port}/v1", "apiKey": token},
+        "models": {m.id: {"name": m.id} for m in models},
+    }
+    print(msgspec.json.format(msgspec.json.encode({"provider": {"combined-models": provider}})).decode())
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
@@ -357,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="a system prompt")
     p.add_argument("--max-tokens", type=int, help="the most tokens to generate")
     p.set_defaults(func=cmd_chat)
+    p = add(
+        "http-token",
+        "print the HTTP front door's token (works without the daemon running)",
+        "Print the token the HTTP front door requires (as `Authorization: Bearer TOKEN` or "
+        "`x-api-key: TOKEN`): [http] token from the config, else the one generated and kept (mode 0600) "
+        "in the state dir, created now if absent. The daemon need not be running.",
+    )
+    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
+    p.set_defaults(func=cmd_http_token)
+    p = add(
+        "opencode-config",
+        "print an OpenCode provider block for the running daemon's HTTP front door",
+        "Print the `provider` block to merge into OpenCode's opencode.json: an "
+        "@ai-sdk/openai-compatible provider named combined-models, with the front door's baseURL, "
+        "the token as apiKey, and every combined model the running daemon serves.",
+    )
+    p.add_argument("--config", help="config file for the token, when the daemon does not report its own")
+    p.set_defaults(func=cmd_opencode_config)
     p = add(
         "demo",
         "simulated providers and a daemon showing failover; needs no keys or network",

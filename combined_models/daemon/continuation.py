@@ -6,7 +6,8 @@ import math
 
 import msgspec
 
-from ..chat import ChatRequest, Message
+from ..capabilities import Capabilities
+from ..chat import ChatRequest, DocumentPart, ImagePart, Message
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue it exactly where it stopped, starting with the next "
@@ -19,6 +20,34 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def prompt_tokens(request: ChatRequest) -> int:
+    """A rough size of the prompt, to skip members whose context window is known to be smaller."""
+    chars = len(request.system or "")
+    images = 0
+    for m in request.messages:
+        if isinstance(m.content, str):
+            chars += len(m.content)
+            continue
+        for p in m.content:
+            if isinstance(p, ImagePart | DocumentPart):
+                images += 1
+            else:
+                chars += len(msgspec.json.encode(p))
+    return math.ceil(chars / 4) + 1500 * images
+
+
+def unsupported(request: ChatRequest, caps: Capabilities) -> str | None:
+    """Why a member with `caps` cannot serve `request` (None: it can)."""
+    parts = [p for m in request.messages if not isinstance(m.content, str) for p in m.content]
+    if request.tools and not caps.tools:
+        return "this model does not support tools"
+    if any(isinstance(p, ImagePart) for p in parts) and not caps.images:
+        return "this model does not accept images"
+    if caps.context_window is not None and prompt_tokens(request) > caps.context_window:
+        return f"the prompt is longer than this model's {caps.context_window}-token window"
+    return None
+
+
 def continuation_request(request: ChatRequest, sent: str, *, prefill: bool) -> ChatRequest | None:
     """The request that makes the next provider continue `sent`; None when no token budget is left.
 
@@ -26,18 +55,23 @@ def continuation_request(request: ChatRequest, sent: str, *, prefill: bool) -> C
     trailing whitespace, which Anthropic rejects); otherwise it is an assistant
     turn followed by a short instruction to continue.
     """
-    if not sent:
+    if not sent.strip():  # nothing but whitespace: start over (the echo filter drops the repeat)
         return request
     max_tokens = request.max_tokens
     if max_tokens is not None:
         max_tokens -= estimate_tokens(sent)
         if max_tokens <= 0:
             return None
+    messages = list(request.messages)
+    partial = sent
+    if messages and messages[-1].role == "assistant":
+        # The caller's own prefill: what we sent continues it, so they form one assistant turn.
+        partial = messages.pop().text() + sent
     if prefill:
-        extra = [Message("assistant", sent.rstrip())]
+        extra = [Message("assistant", partial.rstrip())]
     else:
-        extra = [Message("assistant", sent), Message("user", CONTINUE_INSTRUCTION)]
-    return msgspec.structs.replace(request, messages=[*request.messages, *extra], max_tokens=max_tokens)
+        extra = [Message("assistant", partial), Message("user", CONTINUE_INSTRUCTION)]
+    return msgspec.structs.replace(request, messages=[*messages, *extra], max_tokens=max_tokens)
 
 
 class EchoFilter:
@@ -47,13 +81,17 @@ class EchoFilter:
     all of it). While the new text could still be such a repeat (it occurs in
     `sent`), it is held; once it diverges, the longest prefix of it that is a
     suffix of `sent` is dropped and the rest released. After that, text passes.
+
+    With `full_only` (after a prefill, which the model continues exactly) only an
+    echo of the whole partial answer is dropped: a short overlap there is real text.
     """
 
-    def __init__(self, sent: str, min_overlap: int = 3) -> None:
-        self._sent = sent
-        self._min = min_overlap
+    def __init__(self, sent: str, min_overlap: int = 3, *, full_only: bool = False) -> None:
+        self._sent = sent.rstrip() if full_only else sent
+        self._min = len(self._sent) if full_only else min_overlap
+        self._full_only = full_only
         self._buf = ""
-        self._decided = not sent
+        self._decided = not self._sent
         # The prefill dropped trailing whitespace; the model restores it, and the caller has it already.
         self._strip_lead = sent[-1:].isspace()
 
@@ -65,9 +103,12 @@ class EchoFilter:
             self._buf = self._buf.lstrip()
             if not self._buf:
                 return ""
-        if len(self._buf) < len(self._sent) and self._buf in self._sent:
+        if len(self._buf) < len(self._sent) and self._could_be_echo(self._buf):
             return ""
         return self._decide()
+
+    def _could_be_echo(self, buf: str) -> bool:
+        return self._sent.startswith(buf) if self._full_only else buf in self._sent
 
     def flush(self) -> str:
         """The stream finished: release what is held, minus any echo."""
@@ -76,6 +117,8 @@ class EchoFilter:
     def _decide(self) -> str:
         buf, sent = self._buf, self._sent
         self._decided, self._buf = True, ""
+        if self._full_only:
+            return buf[len(sent) :] if buf.startswith(sent) else buf
         for k in range(min(len(buf), len(sent)), self._min - 1, -1):
             if sent.endswith(buf[:k]):
                 return buf[k:]

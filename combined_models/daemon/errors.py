@@ -39,7 +39,13 @@ CALLER_FAULT = frozenset({Failure.BAD_REQUEST, Failure.CONTENT_FILTER})
 RETRYABLE = frozenset({Failure.TRANSIENT})
 # Classes that say nothing about the provider's health.
 NO_PENALTY = frozenset(
-    {Failure.CONTEXT_TOO_LONG, Failure.BAD_REQUEST, Failure.CONTENT_FILTER, Failure.PREFILL_REJECTED}
+    {
+        Failure.CONTEXT_TOO_LONG,
+        Failure.BAD_REQUEST,
+        Failure.CONTENT_FILTER,
+        Failure.PREFILL_REJECTED,
+        Failure.UNSUPPORTED,
+    }
 )
 
 

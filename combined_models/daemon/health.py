@@ -89,8 +89,12 @@ def admit(b: Breaker, now: float, policy: Policy = DEFAULT_POLICY) -> tuple[Brea
 
 
 def succeed(b: Breaker) -> Breaker:
-    """A request succeeded: ready again; the memory of past trips fades by half."""
-    if b.state is State.DISABLED:
+    """A request succeeded: the memory of past trips fades by half; a probe's success ends the cooldown.
+
+    A success while cooling (a request sent before the trip, finishing late) does not
+    end the cooldown the provider asked for: only the probe decides.
+    """
+    if b.state in (State.DISABLED, State.COOLDOWN, State.DOWN):
         return b
     return Breaker(strikes=b.strikes // 2)
 
@@ -102,8 +106,12 @@ def fail(
     if b.state is State.DISABLED:
         return b
     if kind in NO_PENALTY:
-        # The provider answered: whatever it was cooling for is over.
-        return b if b.state is State.READY else succeed(b)
+        # The provider answered: a probe has its verdict.
+        return succeed(b) if b.state is State.PROBING else b
+    if b.state in (State.COOLDOWN, State.DOWN) and now < b.until:
+        # Requests already in flight when it tripped: not a repeat, but a later reset still counts.
+        later = now + policy.cooldown(kind, max(0, b.strikes - 1), hint)
+        return replace(b, until=later) if later > b.until else b
     if kind is Failure.TRANSIENT and b.state is State.READY:
         run = b.transient_run + 1
         if run < policy.circuit_threshold:
@@ -189,7 +197,13 @@ class HealthBook:
         ]
         if offered and len(cooling) == len(offered):
             states = {b.state for b in cooling}
-            state = State.DOWN if states == {State.DOWN} else State.COOLDOWN
+            state = (
+                State.DOWN
+                if states == {State.DOWN}
+                else State.PROBING
+                if State.PROBING in states
+                else State.COOLDOWN
+            )
             return state, min(b.remaining(now) for b in cooling)
         return State.READY, 0.0
 

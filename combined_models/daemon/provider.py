@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import trio
 
+from ..capabilities import Capabilities, default_capabilities, with_overrides
 from ..chat import ChatRequest, DecodedItem, Finished
 from ..config import FailoverConfig, ResolvedProvider
 from ..protocol import ModelHealth, ProviderStatus
+from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
 from .errors import NO_PENALTY, Failure, UpstreamError
 from .health import Admission, HealthBook, State
@@ -45,12 +47,8 @@ class ProviderActor:
         self.catalog_fetched_at: float | None = None  # wall clock
         self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
         self._client: httpx.AsyncClient | None = None
-        self._endpoint = Endpoint(
-            base_url=provider.base_url,
-            api_key=provider.api_key,
-            headers=dict(provider.headers),
-            options=dict(provider.options),
-        )
+        credentials, self.key_source, no_credentials = resolve_credentials(provider)
+        self.credentials: Credentials = credentials or StaticCredentials(Endpoint(base_url=provider.base_url))
         # counters, for status
         self.in_flight = 0
         self.requests = 0
@@ -59,8 +57,8 @@ class ProviderActor:
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
         self._recent: collections.deque[bool] = collections.deque(maxlen=50)
-        if provider.disabled_reason:
-            self.health.disable(provider.disabled_reason)
+        if provider.disabled_reason or no_credentials:
+            self.health.disable(provider.disabled_reason or no_credentials)
         elif self.dialect is None:
             self.health.disable(f"the {provider.api!r} API is not supported yet")
 
@@ -79,6 +77,20 @@ class ProviderActor:
                 await trio.sleep_forever()
             finally:
                 self._client = None
+
+    def capabilities(self, model: str) -> Capabilities:
+        c = self.provider.config
+        caps = default_capabilities(
+            self.provider.api, model, flavour=str(self.provider.options.get("flavour", ""))
+        )
+        return with_overrides(
+            caps,
+            prefill=c.prefill,
+            tools=c.tools,
+            images=c.images,
+            thinking=c.thinking,
+            context_window=c.context_window,
+        )
 
     # ------------------------------------------------------------ discovery
 
@@ -100,7 +112,8 @@ class ProviderActor:
             with trio.fail_after(DISCOVERY_TIMEOUT):
                 cursor: str | None = None
                 for _ in range(MAX_MODEL_PAGES):
-                    req = self.dialect.build_list_models(self._endpoint, datetime.now(UTC), cursor)
+                    endpoint = await self.credentials.endpoint(self._client)
+                    req = self.dialect.build_list_models(endpoint, datetime.now(UTC), cursor)
                     resp = await self._client.request(
                         req.method, req.url, headers=req.headers, content=req.body or None
                     )
@@ -153,7 +166,13 @@ class ProviderActor:
             self.in_flight += 1
             self.requests += 1
             try:
-                finished = await self._attempt(self._client, self.dialect, request, model, on_item)
+                try:
+                    finished = await self._attempt(self._client, self.dialect, request, model, on_item)
+                except UpstreamError as e:
+                    # A short-lived token may have expired early: refresh it once before calling it a failure.
+                    if not (e.kind is Failure.AUTH and e.status == 401 and self.credentials.invalidate()):
+                        raise
+                    finished = await self._attempt(self._client, self.dialect, request, model, on_item)
             except UpstreamError as e:
                 e.message = self.redact(e.message)
                 self._record_failure(model, e)
@@ -188,7 +207,8 @@ class ProviderActor:
     async def _attempt(
         self, client: httpx.AsyncClient, dialect: Dialect, request: ChatRequest, model: str, on_item: OnItem
     ) -> Finished:
-        built = dialect.build_chat(request, model, self._endpoint, datetime.now(UTC))
+        endpoint = await self.credentials.endpoint(client)
+        built = dialect.build_chat(request, model, endpoint, datetime.now(UTC))
         http_req = client.build_request(built.method, built.url, headers=built.headers, content=built.body)
         limit = self.first_token_timeout(request)
         first_deadline = trio.current_time() + limit
@@ -269,9 +289,9 @@ class ProviderActor:
 
     def redact(self, text: str) -> str:
         """Keys never appear in errors, logs or status, even when a provider echoes one back."""
-        key = self.provider.api_key
-        if key and len(key) >= 4:
-            text = text.replace(key, "[redacted]")
+        for secret in self.credentials.secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, "[redacted]")
         return _KEYLIKE.sub(r"\1…", text)
 
     # ------------------------------------------------------------ status
@@ -301,7 +321,7 @@ class ProviderActor:
             last_error_kind=self.last_error_kind,
             success_rate=None if rate is None else round(rate, 3),
             failovers_saved=self.failovers_saved,
-            key_source=self.provider.key_source,
+            key_source=self.key_source,
             models=models,
             catalog=self.catalog_source,
             catalog_error=self.catalog_error,

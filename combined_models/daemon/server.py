@@ -39,12 +39,14 @@ from ..protocol import (
     Ok,
     ServerFrame,
     Shutdown,
+    StatusInfo,
     StatusQuery,
     StatusReply,
     Welcome,
     client_decoder,
     encode_frame,
 )
+from .gateway import Gateway
 from .supervisor import Supervisor
 
 log = logging.getLogger("combined_models.daemon")
@@ -146,7 +148,7 @@ class Connection:
             if frame.id in self._requests:
                 self._requests[frame.id].cancel()
         elif isinstance(frame, StatusQuery):
-            await self.send(StatusReply(id=frame.id, status=sup.status()))
+            await self.send(StatusReply(id=frame.id, status=self.server.status()))
         elif isinstance(frame, ModelsQuery):
             await self.send(ModelsReply(id=frame.id, models=sup.models_info()))
         elif isinstance(frame, Shutdown):
@@ -258,10 +260,32 @@ class Server:
         self.active = 0
         self.idle = trio.Event()
         self._stop = trio.Event()
+        self.gateway: Gateway | None = None
 
     def request_stop(self) -> None:
         self.stopping = True
         self._stop.set()
+
+    @property
+    def http_address(self) -> str:
+        """The HTTP front door's bound host:port; empty when it is off or could not listen."""
+        return self.gateway.address if self.gateway is not None else ""
+
+    def status(self) -> StatusInfo:
+        status = self.supervisor.status()
+        status.daemon.http = self.http_address
+        return status
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count a request in flight (for the grace period on stop); the HTTP front door uses it."""
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
 
     async def run(
         self,
@@ -279,12 +303,17 @@ class Server:
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.supervisor.run)
+                if self.supervisor.cfg.http.enabled:
+                    self.gateway = Gateway(self)
+                    await nursery.start(self.gateway.run)
                 conns = trio.open_nursery()
                 async with conns as conn_nursery:
                     conn_nursery.start_soon(self._accept_loop, listener, conn_nursery)
                     task_status.started()
                     log.info("serving on %s", self.socket_path)
                     await self._stop.wait()
+                    if self.gateway is not None:
+                        self.gateway.stop_accepting()
                     with trio.move_on_after(SHUTDOWN_GRACE):
                         while self.active:
                             self.idle = trio.Event()

@@ -32,8 +32,7 @@ from ..chat import (
 from ..config import Config, provider_ids, resolve_provider
 from ..paths import write_private
 from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, StatusInfo
-from .continuation import EchoFilter, continuation_request
-from .dialects import PREFILL_BY_API
+from .continuation import EchoFilter, continuation_request, unsupported
 from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
 from .provider import ProviderActor
 
@@ -100,11 +99,11 @@ class Run:
 class Relay:
     """Forwards one attempt's items to the caller, minus any echo of what was sent and repeated thinking."""
 
-    def __init__(self, run: Run, provider: str, model: str) -> None:
+    def __init__(self, run: Run, provider: str, model: str, *, prefill: bool) -> None:
         self.run = run
         self.provider = provider
         self.model = model
-        self.echo = EchoFilter(run.out.text) if run.out.text else None
+        self.echo = EchoFilter(run.out.text, full_only=prefill) if run.out.text else None
         self.suppress_thinking = run.out.thinking  # thinking already shown is not repeated
         self.announced = False
 
@@ -381,8 +380,11 @@ class Supervisor:
                 return self._exhausted(run, chain, now)
 
     def _exhausted(self, run: Run, chain: list[Member], now: float) -> ErrorEvent:
+        skipped = {Failure.UNSUPPORTED.value, Failure.CONTEXT_TOO_LONG.value}
         if run.out.any:
             kind, what = "truncated", "the answer was cut and no provider could continue it"
+        elif run.attempts and all(a.kind in skipped for a in run.attempts):
+            kind, what = "bad_request", "no member can serve this request"
         elif run.attempts:
             kind, what = "all_providers_failed", "every provider failed"
         else:
@@ -413,12 +415,19 @@ class Supervisor:
         """Attempts on one member: retries transient failures, continues a cut answer. None: move on."""
         f = self.cfg.failover
         key = (actor.id, model)
+        why = unsupported(run.request, actor.capabilities(model))
+        if why is not None:
+            kind = Failure.CONTEXT_TOO_LONG if "window" in why else Failure.UNSUPPORTED
+            run.attempts.append(Attempt(provider=actor.id, model=model, error=why, kind=kind.value))
+            run.last_failure = (actor.id, UpstreamError(kind, why))
+            run.excluded.add(key)
+            return None
         while True:
             prefill = self._prefill(actor, model)
             request = continuation_request(run.request, run.out.text, prefill=prefill)
             if request is None:  # the caller's max_tokens is used up: nothing left to continue
                 return None
-            relay = Relay(run, actor.id, model)
+            relay = Relay(run, actor.id, model, prefill=prefill)
             run.sent[key] = run.sent.get(key, 0) + 1
             try:
                 finished = await actor.attempt(request, model, relay)
@@ -457,10 +466,7 @@ class Supervisor:
             )
 
     def _prefill(self, actor: ProviderActor, model: str) -> bool:
-        if (actor.id, model) in self.no_prefill:
-            return False
-        own = actor.provider.config.prefill
-        return PREFILL_BY_API.get(actor.provider.api, False) if own is None else own
+        return (actor.id, model) not in self.no_prefill and actor.capabilities(model).prefill
 
 
 def event_json(event: StreamEvent) -> bytes:

@@ -41,7 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--text", default=DEFAULT_TEXT, help="the answer to every request, streamed word by word"
     )
-    parser.add_argument("--api-key", help="require this key (as the dialect sends it); any key when omitted")
+    parser.add_argument(
+        "--api-key",
+        help="require this key (as the dialect sends it; copilot: the GitHub OAuth token); any key when omitted",
+    )
+    parser.add_argument(
+        "--thinking",
+        default="",
+        help="start every answer with this thinking text, as the dialect expresses it",
+    )
+    parser.add_argument(
+        "--aws-secret", help="bedrock: verify SigV4 signatures with this secret key (else only their form)"
+    )
+    parser.add_argument(
+        "--copilot-token-ttl",
+        type=float,
+        default=1500.0,
+        help="copilot: seconds a Copilot token stays valid (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--copilot-poll-interval",
+        type=int,
+        default=5,
+        help="copilot: the device flow's polling interval in seconds (default: %(default)s)",
+    )
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces")
     parser.add_argument(
         "--prefill",
@@ -89,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         prefill=args.prefill,
         echo_words=args.echo_words,
         name=args.name,
+        thinking=args.thinking,
+        aws_secret=args.aws_secret,
+        copilot_token_ttl=args.copilot_token_ttl,
+        copilot_poll_interval=args.copilot_poll_interval,
     )
     for raw in args.fault:
         try:

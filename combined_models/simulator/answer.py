@@ -6,8 +6,10 @@ that `plan_answer` returns, so the answer semantics live in one place.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -43,10 +45,16 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_names: tuple[str, ...] = ()
     max_tokens: int | None = None
     include_usage: bool = False
+    conversation: dict[str, Any] | None = None  # the dialect-neutral view (see conversation.py)
+    variant: str = ""  # a dialect's rendering choice taken from the request (gemini: "array" without alt=sse)
 
     @property
     def ends_with_assistant(self) -> bool:
         return bool(self.messages) and self.messages[-1].role == "assistant"
+
+
+class ThinkingPiece(msgspec.Struct, frozen=True):
+    text: str
 
 
 class TextPiece(msgspec.Struct, frozen=True):
@@ -62,7 +70,13 @@ class ToolCallArgs(msgspec.Struct, frozen=True):
     fragment: str
 
 
-Piece = TextPiece | ToolCallStart | ToolCallArgs
+Piece = ThinkingPiece | TextPiece | ToolCallStart | ToolCallArgs
+
+
+def signature_of(thinking: str) -> str:
+    """The signature the simulator puts on its thinking: derived from the text, so a test can
+    check that thinking sent back in a later request arrived unchanged."""
+    return base64.b64encode(hashlib.sha256(b"sim-thinking:" + thinking.encode()).digest()).decode()
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +93,18 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def text(self) -> str:
         return "".join(p.text for p in self.pieces if isinstance(p, TextPiece))
+
+    @property
+    def thinking(self) -> str:
+        return "".join(p.text for p in self.pieces if isinstance(p, ThinkingPiece))
+
+    @property
+    def signature(self) -> str:
+        return signature_of(self.thinking)
+
+    @property
+    def thinking_tokens(self) -> int:
+        return sum(isinstance(p, ThinkingPiece) for p in self.pieces)
 
     @property
     def tool_call(self) -> tuple[str, str, str] | None:
@@ -131,15 +157,24 @@ def echo_of(prefix: str, words: int) -> str:
 
 
 def plan_answer(
-    req: ChatRequest, *, text: str, prefill: str = "accept", echo_words: int = 0, call_id: str = "call_sim"
+    req: ChatRequest,
+    *,
+    text: str,
+    prefill: str = "accept",
+    echo_words: int = 0,
+    call_id: str = "call_sim",
+    thinking: str = "",
 ) -> Answer:
-    """Decide the answer to `req`: a continuation, a tool call, or the whole `text`."""
+    """Decide the answer to `req`: a continuation, a tool call, or the whole `text`,
+    preceded by `thinking` (split like text) when it is given."""
     prompt_tokens = count_words(req.messages)
+    thought = tuple(ThinkingPiece(w) for w in split_pieces(thinking))
     prefix = continued_prefix(req, text, prefill=prefill)
     last_role = req.messages[-1].role if req.messages else None
     # A continuation wins over a tool call: the cut answer was text, so its rest is text.
     if prefix is None and req.tool_names and last_role == "user":
         pieces: tuple[Piece, ...] = (
+            *thought,
             ToolCallStart(id=call_id, name=req.tool_names[0]),
             ToolCallArgs(TOOL_ARGUMENTS[:_TOOL_SPLIT]),
             ToolCallArgs(TOOL_ARGUMENTS[_TOOL_SPLIT:]),
@@ -151,5 +186,5 @@ def plan_answer(
     if req.max_tokens is not None and len(words) > req.max_tokens:
         words, finish = words[: req.max_tokens], "length"
     return Answer(
-        pieces=tuple(TextPiece(w) for w in words), finish_reason=finish, prompt_tokens=prompt_tokens
+        pieces=(*thought, *(TextPiece(w) for w in words)), finish_reason=finish, prompt_tokens=prompt_tokens
     )

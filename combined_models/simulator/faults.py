@@ -42,17 +42,25 @@ class Fault(msgspec.Struct, kw_only=True):
     """One scripted misbehaviour, applied to the next `times` chat requests (-1: until cleared).
 
     kinds:
-      status                HTTP `status` with `headers` and `body` (default: the dialect's error envelope)
+      status                HTTP `status` with `headers` and `body` (default: the dialect's error envelope,
+                            with `message`, `code` and a retry hint of `seconds` when given)
       reset_before_headers  close the connection with a TCP RST before sending anything
       reset_after           stream `after_chunks` content chunks, then RST
       stall_before          send nothing for `seconds` (0: until the client goes away), then answer
       stall_after           headers and `after_chunks` chunks, silence for `seconds` (0: forever), then the rest
-      slow_first_token      headers at once, `seconds` before the first content chunk
-      malformed_after       `after_chunks` chunks, then a `data:` line that is not JSON, then close
-      inband_error_after    `after_chunks` chunks, then the dialect's in-band error event, then end
+      slow_first_token      headers at once, `seconds` before the first content chunk (keep-alives meanwhile)
+      malformed_after       `after_chunks` chunks, then an event that does not parse (a bad CRC on bedrock),
+                            then close
+      inband_error_after    `after_chunks` chunks, then the dialect's in-band error event (`code` picks its
+                            type), then end
       no_terminator         `after_chunks` chunks, then a clean end with no finish signal
       reject_prefill        400 "does not support assistant message prefill" when the request ends
                             with an assistant message; otherwise a normal answer
+
+    `code` is the error type in the dialect's own terms, e.g. "insufficient_quota" (openai),
+    "billing_error" (anthropic), "ModelNotReadyException" or "modelStreamErrorException"
+    (bedrock), "FAILED_PRECONDITION" (gemini), "user_weekly_rate_limited" (copilot).
+    A gemini 429 whose `message` mentions "PerDay" reports a per-day quota.
     """
 
     kind: FaultKind
@@ -63,6 +71,7 @@ class Fault(msgspec.Struct, kw_only=True):
     seconds: float = 0.0
     message: str = ""
     times: int = 1
+    code: str = ""
 
     def __post_init__(self) -> None:
         # msgspec runs this on decode too, turning the ValueError into a ValidationError.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -15,7 +16,7 @@ import trio
 from ._http import HttpConnection, ResetConnection
 from .answer import DEFAULT_TEXT, Answer, Piece, plan_answer
 from .dialects import BadRequest, Reply, Route, StreamEncoder, get_dialect
-from .dialects.base import json_reply
+from .dialects.base import Context, HttpRequest, json_reply
 from .faults import PREFILL_REJECTED, STREAM_ONLY_KINDS, Fault, FaultQueue
 
 Outcome = Literal[
@@ -23,7 +24,7 @@ Outcome = Literal[
     "completed",  # a full normal answer (stream with its finish signal and terminator)
     "error",  # an HTTP error status (scripted or not)
     "reset",  # the simulator reset the connection (scripted)
-    "malformed",  # stream ended after a line that is not JSON (scripted)
+    "malformed",  # stream ended after an event that does not parse (scripted)
     "inband_error",  # stream ended with the dialect's in-band error (scripted)
     "truncated",  # stream ended without a finish signal (scripted)
     "disconnected",  # the client went away first
@@ -43,6 +44,9 @@ class RecordedRequest(msgspec.Struct, kw_only=True):
     pieces: int = 0  # content chunks sent
     outcome: Outcome = "pending"
     disconnected: bool = False
+    # The conversation as parsed, in a dialect-neutral form (see conversation.py); None until
+    # the body parsed. {"system": str | None, "messages": [{"role", "parts": [{"type", ...}]}]}
+    conversation: dict[str, Any] | None = None
 
 
 class SimStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +54,7 @@ class SimStats(msgspec.Struct, frozen=True, kw_only=True):
     completed: int
     disconnects: int  # the client went away before the answer ended
     open_connections: int
+    endpoint_requests: dict[str, int] = {}  # other requests by route ("models", "token", ...)
 
 
 class _FaultCommand(msgspec.Struct):
@@ -68,6 +73,10 @@ class SimulatorOptions(TypedDict, total=False):
     prefill: str
     echo_words: int
     name: str
+    thinking: str
+    aws_secret: str | None
+    copilot_token_ttl: float
+    copilot_poll_interval: int
 
 
 async def _stall(seconds: float) -> None:
@@ -83,6 +92,15 @@ class Simulator:
     Every chat request is answered with `text` (or its remainder when the request
     continues a cut answer), streamed word by word, unless a queued `Fault` says
     otherwise. Start it with `await nursery.start(sim.run)` or `open_simulator()`.
+
+    dialect: "openai", "openrouter", "anthropic", "bedrock", "gemini" or "copilot".
+    api_key: the key clients must send, as the dialect sends it (any key when None; for
+        copilot, the GitHub OAuth token the token exchange requires).
+    thinking: when set, every answer starts with this thinking text, as the dialect
+        expresses thinking (with a signature where it has one).
+    aws_secret: bedrock only; when set, SigV4-signed requests have their signature verified.
+    copilot_token_ttl: copilot only; seconds a Copilot token from the exchange stays valid.
+    copilot_poll_interval: copilot only; the `interval` the device flow tells clients to poll at.
     """
 
     def __init__(
@@ -98,6 +116,10 @@ class Simulator:
         prefill: str = "accept",
         echo_words: int = 0,
         name: str = "sim",
+        thinking: str = "",
+        aws_secret: str | None = None,
+        copilot_token_ttl: float = 1500.0,
+        copilot_poll_interval: int = 5,
     ) -> None:
         if prefill not in ("accept", "ignore"):
             raise ValueError(f"prefill must be 'accept' or 'ignore', not {prefill!r}")
@@ -111,7 +133,12 @@ class Simulator:
         self.prefill = prefill
         self.echo_words = echo_words
         self.name = name
+        self.thinking = thinking
+        self.aws_secret = aws_secret
+        self.copilot_token_ttl = copilot_token_ttl
+        self.copilot_poll_interval = copilot_poll_interval
         self.requests: list[RecordedRequest] = []
+        self.endpoint_requests: dict[str, int] = {}
         self._faults = FaultQueue()
         self._created = int(time.time())
         self._completed = 0
@@ -120,10 +147,16 @@ class Simulator:
         self._disconnected = trio.Event()  # replaced after every disconnect
 
     @property
-    def base_url(self) -> str:
-        """The URL a vendor SDK takes as its base, e.g. http://127.0.0.1:PORT/v1 for openai."""
+    def origin(self) -> str:
+        """http://host:port of this server."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{self.dialect.base_path}"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The URL a vendor SDK takes as its base: http://127.0.0.1:PORT plus /v1 for openai,
+        /api/v1 for openrouter, /v1beta for gemini, nothing for anthropic, bedrock and copilot."""
+        return self.origin + self.dialect.base_path
 
     def push_fault(self, fault: Fault) -> None:
         """Queue `fault` for the next chat requests, after the faults already queued."""
@@ -138,6 +171,7 @@ class Simulator:
             completed=self._completed,
             disconnects=self._disconnects,
             open_connections=self._open_connections,
+            endpoint_requests=dict(self.endpoint_requests),
         )
 
     async def wait_disconnect(self, count: int) -> None:
@@ -180,26 +214,52 @@ class Simulator:
             self._open_connections -= 1
             await conn.aclose()
 
+    def _context(self) -> Context:
+        return Context(
+            models=self.models,
+            api_key=self.api_key,
+            created=self._created,
+            now=time.time(),
+            origin=self.origin,
+            aws_secret=self.aws_secret,
+            copilot_token_ttl=self.copilot_token_ttl,
+            copilot_poll_interval=self.copilot_poll_interval,
+        )
+
     async def _dispatch(self, conn: HttpConnection, request: h11.Request, body: bytes) -> None:
         method = request.method.decode("latin-1")
-        path = request.target.decode("latin-1").split("?", 1)[0]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
         if path.startswith("/_sim/"):
             reply = self._control(method, path, body)
-        elif (route := self.dialect.route(method, path)) is None:
-            reply = self.dialect.error(404, f"Unknown request URL: {method} {path}")
-        elif route.kind == "chat":
-            await self._chat(conn, method, path, headers, body, route)
-            return
-        elif self.api_key is not None and not self.dialect.authorized(headers, self.api_key):
-            reply = self.dialect.unauthorized(headers)
-        elif route.kind == "models":
-            reply = self.dialect.models(self.models, created=self._created)
-        elif route.model in self.models:
-            reply = self.dialect.model(route.model, created=self._created)
+            return await conn.send_reply(reply.status, reply.headers, reply.body)
+        query_args = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        route = self.dialect.route(method, path, query_args)
+        # Chat requests are numbered for the record; the others get an id of their own.
+        if route is not None and route.kind == "chat":
+            request_id = f"req_{self.name}_{len(self.requests) + 1}"
         else:
-            reply = self.dialect.unknown_model(route.model or "")
-        await conn.send_reply(reply.status, reply.headers, reply.body)
+            request_id = f"req_{self.name}_x{sum(self.endpoint_requests.values()) + 1}"
+        req = HttpRequest(
+            method=method,
+            target=target,
+            path=path,
+            query=query_args,
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers},
+            body=body,
+            request_id=request_id,
+        )
+        if route is None:
+            reply = self.dialect.not_found(req)
+        elif route.kind == "chat":
+            return await self._chat(conn, req, route)
+        else:
+            key = route.name or route.kind
+            self.endpoint_requests[key] = self.endpoint_requests.get(key, 0) + 1
+            ctx = self._context()
+            reply = self.dialect.check_auth(route, req, ctx) or self.dialect.serve(route, req, ctx)
+        headers = [*reply.headers, (self.dialect.request_id_header, req.request_id)]
+        await conn.send_reply(reply.status, headers, reply.body)
 
     def _control(self, method: str, path: str, body: bytes) -> Reply:
         """`POST /_sim/faults`, `GET /_sim/stats`, `GET /_sim/requests`: scripting from another process."""
@@ -221,24 +281,22 @@ class Simulator:
 
     # Chat requests
 
-    async def _chat(
-        self, conn: HttpConnection, method: str, path: str, headers: dict[str, str], body: bytes, route: Route
-    ) -> None:
+    async def _chat(self, conn: HttpConnection, req: HttpRequest, route: Route) -> None:
         try:
-            decoded = msgspec.json.decode(body) if body else None
+            decoded = msgspec.json.decode(req.body) if req.body else None
         except msgspec.DecodeError:
             decoded = None
         record = RecordedRequest(
-            request_id=f"req_{self.name}_{len(self.requests) + 1}",
-            method=method,
-            path=path,
-            headers=headers,
+            request_id=req.request_id,
+            method=req.method,
+            path=req.path,
+            headers=req.headers,
             body=decoded,
         )
         self.requests.append(record)
         fault = self._faults.take()
         record.fault = fault.kind if fault else None
-        respond = functools.partial(self._answer, conn, record, fault, headers, body, route)
+        respond = functools.partial(self._answer, conn, record, fault, req, route)
         await self._watching_peer(conn, record, respond)
 
     async def _watching_peer(
@@ -275,7 +333,7 @@ class Simulator:
 
     async def _reply(self, conn: HttpConnection, record: RecordedRequest, reply: Reply) -> None:
         record.status = reply.status
-        headers = [*reply.headers, ("x-request-id", record.request_id)]
+        headers = [*reply.headers, (self.dialect.request_id_header, record.request_id)]
         outcome: Outcome = "completed" if reply.status < 400 else "error"
         await self._finishing(record, outcome, conn.send_reply(reply.status, headers, reply.body))
 
@@ -296,11 +354,17 @@ class Simulator:
                 self._completed -= 1
             raise
 
-    def _status_reply(self, fault: Fault) -> Reply:
+    def _status_reply(self, fault: Fault, request_id: str) -> Reply:
         if fault.body is not None:
             base = Reply(fault.status, [("content-type", "application/json")], fault.body.encode())
         else:
-            base = self.dialect.error(fault.status, fault.message or None)
+            base = self.dialect.error(
+                fault.status,
+                fault.message or None,
+                code=fault.code or None,
+                wait=fault.seconds or None,
+                request_id=request_id,
+            )
         overridden = {k.lower() for k in fault.headers}
         headers = [(k, v) for k, v in base.headers if k.lower() not in overridden]
         return Reply(base.status, [*headers, *fault.headers.items()], base.body)
@@ -310,40 +374,47 @@ class Simulator:
         conn: HttpConnection,
         record: RecordedRequest,
         fault: Fault | None,
-        headers: dict[str, str],
-        body: bytes,
+        http: HttpRequest,
         route: Route,
     ) -> None:
+        dialect, rid = self.dialect, record.request_id
         if fault is not None:  # faults that strike before the request is even looked at
             if fault.kind == "status":
-                return await self._reply(conn, record, self._status_reply(fault))
+                return await self._reply(conn, record, self._status_reply(fault, rid))
             if fault.kind == "reset_before_headers":
                 raise ResetConnection
             if fault.kind == "stall_before":
                 await _stall(fault.seconds)
-        if self.api_key is not None and not self.dialect.authorized(headers, self.api_key):
-            return await self._reply(conn, record, self.dialect.unauthorized(headers))
+        if (refusal := dialect.check_auth(route, http, self._context())) is not None:
+            return await self._reply(conn, record, refusal)
         try:
-            req = self.dialect.parse_chat(route, body)
+            req = dialect.parse_chat(route, http.body)
         except BadRequest as e:
-            return await self._reply(conn, record, self.dialect.error(400, str(e)))
-        if req.model not in self.models:
-            return await self._reply(conn, record, self.dialect.unknown_model(req.model))
+            return await self._reply(conn, record, dialect.error(400, str(e), request_id=rid))
+        record.conversation = req.conversation
+        if not dialect.model_known(req.model, self.models):
+            return await self._reply(conn, record, dialect.unknown_model(req.model, rid))
         if fault is not None and fault.kind == "reject_prefill" and req.ends_with_assistant:
-            return await self._reply(conn, record, self.dialect.error(400, fault.message or PREFILL_REJECTED))
+            message = fault.message or PREFILL_REJECTED
+            return await self._reply(conn, record, dialect.error(400, message, request_id=rid))
         # Ids derive from the request id so a recorded request and its answer are easy to match.
-        response_id = record.request_id.replace("req_", "chatcmpl-", 1)
-        call_id = record.request_id.replace("req_", "call_", 1)
+        response_id = rid.replace("req_", dialect.response_id_prefix, 1)
+        call_id = rid.replace("req_", dialect.tool_id_prefix, 1)
         created = int(time.time())
         answer = plan_answer(
-            req, text=self.text, prefill=self.prefill, echo_words=self.echo_words, call_id=call_id
+            req,
+            text=self.text,
+            prefill=self.prefill if dialect.supports_prefill else "ignore",
+            echo_words=self.echo_words,
+            call_id=call_id,
+            thinking=self.thinking,
         )
         if not req.stream:
             if fault is not None and fault.kind in STREAM_ONLY_KINDS:
                 raise ResetConnection  # a stream fault on a one-shot answer: it breaks before any byte
-            reply = self.dialect.completion(req, answer, response_id=response_id, created=created)
+            reply = dialect.completion(req, answer, response_id=response_id, created=created)
             return await self._reply(conn, record, reply)
-        encoder = self.dialect.stream(req, answer, response_id=response_id, created=created)
+        encoder = dialect.stream(req, answer, response_id=response_id, created=created)
         await self._stream(conn, record, answer, encoder, fault)
 
     async def _stream(
@@ -355,7 +426,7 @@ class Simulator:
         fault: Fault | None,
     ) -> None:
         kind = fault.kind if fault is not None and fault.kind in STREAM_ONLY_KINDS else None
-        headers = [*self.dialect.stream_headers, ("x-request-id", record.request_id)]
+        headers = [*encoder.headers, (self.dialect.request_id_header, record.request_id)]
         if kind == "malformed_after":
             headers.append(("connection", "close"))
             conn.close_after = True
@@ -374,8 +445,8 @@ class Simulator:
                 case "malformed_after":
                     return await self._end(conn, record, encoder.malformed(), "malformed")
                 case "inband_error_after":
-                    message = fault.message or "The server had an error while processing your request."
-                    return await self._end(conn, record, encoder.inband_error(message), "inband_error")
+                    error = encoder.inband_error(fault.message, fault.code)
+                    return await self._end(conn, record, error, "inband_error")
                 case "no_terminator":
                     return await self._end(conn, record, b"", "truncated")
                 case "stall_after":

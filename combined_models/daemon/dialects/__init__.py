@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from .anthropic import AnthropicDialect
 from .base import Dialect, Endpoint, HttpRequest, StreamDecoder
+from .bedrock import BedrockDialect
+from .copilot import CopilotDialect
+from .gemini import GeminiDialect
 from .openai import OpenAIDialect
 
 __all__ = ["Dialect", "Endpoint", "HttpRequest", "StreamDecoder", "dialect_for"]
 
-# Whether a final assistant message is continued (a prefill) rather than answered anew.
-PREFILL_BY_API = {"anthropic": True, "bedrock": True, "openai": False, "copilot": False, "gemini": False}
+
+_DIALECTS: dict[str, type[Dialect]] = {
+    "openai": OpenAIDialect,
+    "anthropic": AnthropicDialect,
+    "bedrock": BedrockDialect,
+    "copilot": CopilotDialect,
+    "gemini": GeminiDialect,
+}
 
 
 def dialect_for(api: str) -> Dialect | None:
-    """The dialect that speaks `api`, or None while it is not implemented."""
-    if api == "openai":
-        return OpenAIDialect()
-    return None
+    """The dialect that speaks `api`, or None when there is none."""
+    cls = _DIALECTS.get(api)
+    return cls() if cls is not None else None

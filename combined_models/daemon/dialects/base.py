@@ -93,3 +93,17 @@ def join_url(base: str, path: str) -> str:
 def short(text: str, limit: int = 500) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_object(body: bytes) -> dict[str, Any]:
+    """The error object of an error body (`{"error": {...}}`, bare, or wrapped in an array)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    if isinstance(data, list) and data:  # some proxies wrap errors in an array
+        data = data[0]
+    if not isinstance(data, dict):
+        return {}
+    err = data.get("error", data)
+    return err if isinstance(err, dict) else {"message": str(err)}

@@ -28,7 +28,7 @@ from ..errors import (
     retry_after_from_headers,
     retry_after_from_text,
 )
-from .base import Endpoint, HttpRequest, join_url, json_body, short
+from .base import Endpoint, HttpRequest, error_object, join_url, json_body, short
 from .sse import SSEDecoder
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -131,7 +131,7 @@ class OpenAIDialect:
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> UpstreamError:
-        err = _error_object(body)
+        err = error_object(body)
         message = str(err.get("message") or body.decode("utf-8", "replace") or f"HTTP {status}")
         kind = _classify(status, err, message)
         retry = retry_after_from_headers(headers, now)
@@ -153,19 +153,6 @@ class OpenAIDialect:
         return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
 
 
-def _error_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    if isinstance(data, list) and data:  # some proxies wrap errors in an array
-        data = data[0]
-    if not isinstance(data, dict):
-        return {}
-    err = data.get("error", data)
-    return err if isinstance(err, dict) else {"message": str(err)}
-
-
 def _classify(status: int, err: Mapping[str, Any], message: str) -> Failure:
     """Body type/code first, status second: OpenAI's 429 is both a rate limit and an empty wallet."""
     code = f"{err.get('code') or ''} {err.get('type') or ''}".lower()
@@ -176,7 +163,7 @@ def _classify(status: int, err: Mapping[str, Any], message: str) -> Failure:
         return Failure.QUOTA_EXHAUSTED
     if "context_length" in code or "maximum context length" in text or "prompt is too long" in text:
         return Failure.CONTEXT_TOO_LONG
-    if "prefill" in text or "must end with a user message" in text:
+    if status == 400 and ("prefill" in text or "must end with a user message" in text):
         return Failure.PREFILL_REJECTED
     if "model_not_found" in code:
         return Failure.NOT_FOUND

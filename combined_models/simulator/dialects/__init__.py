@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import BadRequest, Dialect, Reply, Route, StreamEncoder
+from .anthropic import AnthropicDialect
+from .base import BadRequest, Context, Dialect, HttpRequest, Reply, Route, StreamEncoder
+from .bedrock import BedrockDialect
+from .copilot import CopilotDialect
+from .gemini import GeminiDialect
 from .openai import OpenAIDialect, OpenRouterDialect
 
 DIALECTS: dict[str, Callable[[], Dialect]] = {
     "openai": OpenAIDialect,
     "openrouter": OpenRouterDialect,
+    "anthropic": AnthropicDialect,
+    "bedrock": BedrockDialect,
+    "gemini": GeminiDialect,
+    "copilot": CopilotDialect,
 }
 
 
 def get_dialect(name: str) -> Dialect:
+    """A fresh dialect (some keep per-server state, such as Copilot's issued tokens)."""
     try:
         return DIALECTS[name]()
     except KeyError:
         raise ValueError(f"unknown dialect {name!r}; expected one of {sorted(DIALECTS)}") from None
 
 
-__all__ = ["DIALECTS", "BadRequest", "Dialect", "Reply", "Route", "StreamEncoder", "get_dialect"]
+__all__ = [
+    "DIALECTS",
+    "BadRequest",
+    "Context",
+    "Dialect",
+    "HttpRequest",
+    "Reply",
+    "Route",
+    "StreamEncoder",
+    "get_dialect",
+]

@@ -11,17 +11,30 @@ from typing import Any
 
 import msgspec
 
-from ..answer import Answer, ChatRequest, Message, Piece, Role, TextPiece, ToolCallArgs, ToolCallStart
-from .base import BadRequest, Reply, Route, json_reply
-
-_ROLES: dict[str, Role] = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "tool": "tool",
-    "function": "tool",
-}
+from ..answer import Answer, ChatRequest, Piece, TextPiece, ThinkingPiece, ToolCallArgs, ToolCallStart
+from ..conversation import (
+    Part,
+    Turn,
+    build_request,
+    image_url_part,
+    json_arguments,
+    text_part,
+    thinking_part,
+    tool_call_part,
+    tool_result_part,
+)
+from .base import (
+    SSE_HEADERS,
+    BadRequest,
+    Context,
+    Dialect,
+    HttpRequest,
+    Reply,
+    Route,
+    decode_json,
+    json_reply,
+    sse,
+)
 
 # status -> (type, code, message) when a fault names only the status.
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -52,14 +65,33 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+class _ImageUrl(msgspec.Struct):
+    url: str
+
+
 class _Part(msgspec.Struct):
     type: str
     text: str | None = None
+    image_url: _ImageUrl | None = None
+
+
+class _FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str = ""
+
+
+class _ToolCall(msgspec.Struct):
+    function: _FunctionCall
+    id: str | None = None
+    type: str = "function"
 
 
 class _Msg(msgspec.Struct):
     role: str
     content: str | list[_Part] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None  # DeepSeek-style thinking sent back
 
 
 class _Function(msgspec.Struct):
@@ -86,8 +118,7 @@ class _Body(msgspec.Struct):
     max_completion_tokens: int | None = None
 
 
-_decode_body = msgspec.json.Decoder(_Body).decode
-_encode = msgspec.json.encode
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 def _text_of(content: str | list[_Part] | None) -> str:
@@ -98,22 +129,41 @@ def _text_of(content: str | list[_Part] | None) -> str:
     return "".join(p.text or "" for p in content if p.type == "text")
 
 
-def sse(obj: object) -> bytes:
-    return b"data: " + _encode(obj) + b"\n\n"
+def _parts_of(content: str | list[_Part] | None) -> list[Part]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [text_part(content)]
+    parts: list[Part] = []
+    for p in content:
+        if p.type == "text":
+            parts.append(text_part(p.text or ""))
+        elif p.type == "image_url" and p.image_url is not None:
+            parts.append(image_url_part(p.image_url.url))
+    return parts
 
 
-class OpenAIDialect:
+def _turn(m: _Msg) -> Turn:
+    if m.role in ("tool", "function"):
+        return Turn("user", [tool_result_part(m.tool_call_id, _text_of(m.content))])
+    if m.role == "user":
+        return Turn("user", _parts_of(m.content))
+    parts = [thinking_part(m.reasoning_content, None)] if m.reasoning_content else []
+    parts += _parts_of(m.content)
+    for call in m.tool_calls or ():
+        parts.append(tool_call_part(call.id, call.function.name, json_arguments(call.function.arguments)))
+    return Turn("assistant", parts)
+
+
+class OpenAIDialect(Dialect):
     """`POST {base}/chat/completions`, `GET {base}/models` and `GET {base}/models/{id}` with Bearer auth."""
 
     name = "openai"
     base_path = "/v1"
-    stream_headers: Sequence[tuple[str, str]] = (
-        ("content-type", "text/event-stream; charset=utf-8"),
-        ("cache-control", "no-cache"),
-    )
-    keepalive_interval: float | None = None
+    response_id_prefix = "chatcmpl-"
+    tool_id_prefix = "call_"
 
-    def route(self, method: str, path: str) -> Route | None:
+    def route(self, method: str, path: str, query: Mapping[str, str]) -> Route | None:
         base = self.base_path
         if method == "POST" and path == f"{base}/chat/completions":
             return Route("chat")
@@ -123,55 +173,72 @@ class OpenAIDialect:
             return Route("model", path[len(f"{base}/models/") :])
         return None
 
-    def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
-        return headers.get("authorization") == f"Bearer {api_key}"
-
-    def parse_chat(self, route: Route, body: bytes) -> ChatRequest:
-        try:
-            b = _decode_body(body)
-        except msgspec.DecodeError as e:  # ValidationError included: both mean a 400
-            raise BadRequest(f"Invalid request body: {e}") from e
-        messages: list[Message] = []
-        for m in b.messages:
-            role = _ROLES.get(m.role)
-            if role is None:
-                raise BadRequest(f"Invalid value for 'messages[].role': {m.role!r}.")
-            messages.append(Message(role, _text_of(m.content)))
-        if not messages:
-            raise BadRequest("'messages' must contain at least one message.")
-        tools = () if b.tool_choice == "none" else tuple(t.function.name for t in b.tools or () if t.function)
-        limit = b.max_completion_tokens if b.max_completion_tokens is not None else b.max_tokens
-        if limit is not None and limit < 1:
-            raise BadRequest("'max_tokens' must be at least 1.")
-        return ChatRequest(
-            model=b.model,
-            messages=tuple(messages),
-            stream=bool(b.stream),
-            tool_names=tools,
-            max_tokens=limit,
-            include_usage=bool(b.stream_options and b.stream_options.include_usage),
-        )
-
-    def error_body(self, status: int, message: str | None) -> dict[str, Any]:
-        etype, code, default_message = _ERRORS.get(status, ("api_error", None, f"HTTP {status}"))
-        return {"error": {"message": message or default_message, "type": etype, "param": None, "code": code}}
-
-    def error(self, status: int, message: str | None = None) -> Reply:
-        return json_reply(status, self.error_body(status, message))
-
-    def unauthorized(self, headers: Mapping[str, str]) -> Reply:
-        if "authorization" not in headers:
+    def check_auth(self, route: Route, request: HttpRequest, ctx: Context) -> Reply | None:
+        if ctx.api_key is None or request.headers.get("authorization") == f"Bearer {ctx.api_key}":
+            return None
+        if "authorization" not in request.headers:
             msg = (
                 "You didn't provide an API key. You need to provide your API key in an Authorization header."
             )
             return self.error(401, msg)
         return self.error(401)
 
-    def unknown_model(self, model: str) -> Reply:
+    def parse_chat(self, route: Route, body: bytes) -> ChatRequest:
+        b: _Body = decode_json(body, _Body)
+        system: list[str] = []
+        turns: list[Turn] = []
+        for m in b.messages:
+            if m.role not in _ROLES:
+                raise BadRequest(f"Invalid value for 'messages[].role': {m.role!r}.")
+            if m.role in ("system", "developer"):
+                system.append(_text_of(m.content))
+            else:
+                turns.append(_turn(m))
+        if not b.messages:
+            raise BadRequest("'messages' must contain at least one message.")
+        tools = () if b.tool_choice == "none" else tuple(t.function.name for t in b.tools or () if t.function)
+        limit = b.max_completion_tokens if b.max_completion_tokens is not None else b.max_tokens
+        if limit is not None and limit < 1:
+            raise BadRequest("'max_tokens' must be at least 1.")
+        return build_request(
+            model=b.model,
+            system=system,
+            turns=turns,
+            stream=bool(b.stream),
+            tool_names=tools,
+            max_tokens=limit,
+            include_usage=bool(b.stream_options and b.stream_options.include_usage),
+        )
+
+    def error_body(self, status: int, message: str | None, code: str | None) -> dict[str, Any]:
+        etype, default_code, default_message = _ERRORS.get(status, ("api_error", None, f"HTTP {status}"))
+        error = {
+            "message": message or default_message,
+            "type": etype,
+            "param": None,
+            "code": code or default_code,
+        }
+        return {"error": error}
+
+    def error(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        wait: float | None = None,
+        request_id: str = "",
+    ) -> Reply:
+        headers = [("retry-after", f"{wait:g}")] if wait else []
+        return json_reply(status, self.error_body(status, message, code), headers)
+
+    def unknown_model(self, model: str, request_id: str = "") -> Reply:
         return self.error(404, f"The model `{model}` does not exist or you do not have access to it.")
 
     def completion(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> Reply:
         message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+        if answer.thinking:
+            message["reasoning_content"] = answer.thinking
         if (call := answer.tool_call) is not None:
             call_id, name, arguments = call
             message["content"] = None
@@ -196,11 +263,17 @@ class OpenAIDialect:
     def stream(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> OpenAIStream:
         return OpenAIStream(self, req, answer, response_id=response_id, created=created)
 
+    def serve(self, route: Route, request: HttpRequest, ctx: Context) -> Reply:
+        if route.kind == "models":
+            return self.models(ctx.models, created=ctx.created)
+        if route.kind == "model" and route.model in ctx.models:
+            return json_reply(200, self._model_entry(route.model, ctx.created))
+        if route.kind == "model":
+            return self.unknown_model(route.model or "")
+        return self.not_found(request)
+
     def models(self, models: Sequence[str], *, created: int) -> Reply:
         return json_reply(200, {"object": "list", "data": [self._model_entry(m, created) for m in models]})
-
-    def model(self, model: str, *, created: int) -> Reply:
-        return json_reply(200, self._model_entry(model, created))
 
     def _model_entry(self, model: str, created: int) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": created, "owned_by": "simulator"}
@@ -213,8 +286,8 @@ class OpenAIDialect:
     def always_usage(self) -> bool:
         return False
 
-    def inband_error_chunk(self, base: dict[str, Any], message: str) -> dict[str, Any]:
-        return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    def inband_error_chunk(self, base: dict[str, Any], message: str, code: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": "server_error", "param": None, "code": code or None}}
 
 
 def _usage(answer: Answer) -> dict[str, int]:
@@ -232,6 +305,7 @@ class OpenAIStream:
     def __init__(
         self, dialect: OpenAIDialect, req: ChatRequest, answer: Answer, *, response_id: str, created: int
     ) -> None:
+        self.headers: Sequence[tuple[str, str]] = SSE_HEADERS
         self._dialect = dialect
         self._req = req
         self._answer = answer
@@ -260,6 +334,8 @@ class OpenAIStream:
     def piece(self, piece: Piece) -> bytes:
         if isinstance(piece, TextPiece):
             return self._chunk({"content": piece.text})
+        if isinstance(piece, ThinkingPiece):
+            return self._chunk({"reasoning_content": piece.text})
         if isinstance(piece, ToolCallStart):
             fn = {"name": piece.name, "arguments": ""}
             return self._chunk(
@@ -277,8 +353,9 @@ class OpenAIStream:
     def keepalive(self) -> bytes:
         return b""
 
-    def inband_error(self, message: str) -> bytes:
-        return sse(self._dialect.inband_error_chunk(self._base, message))
+    def inband_error(self, message: str, code: str) -> bytes:
+        message = message or "The server had an error while processing your request."
+        return sse(self._dialect.inband_error_chunk(self._base, message, code))
 
     def malformed(self) -> bytes:
         # A chunk cut off mid-object, as a proxy that truncates a line would leave it.
@@ -299,11 +376,11 @@ class OpenRouterDialect(OpenAIDialect):
     base_path = "/api/v1"
     keepalive_interval: float | None = 0.5
 
-    def error_body(self, status: int, message: str | None) -> dict[str, Any]:
-        text = super().error_body(status, message)["error"]["message"]
+    def error_body(self, status: int, message: str | None, code: str | None) -> dict[str, Any]:
+        text = super().error_body(status, message, code)["error"]["message"]
         return {"error": {"code": status, "message": text}}
 
-    def unknown_model(self, model: str) -> Reply:
+    def unknown_model(self, model: str, request_id: str = "") -> Reply:
         return self.error(404, f"{model} is not a valid model ID")
 
     def stream(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> OpenRouterStream:
@@ -315,9 +392,9 @@ class OpenRouterDialect(OpenAIDialect):
     def always_usage(self) -> bool:
         return True
 
-    def inband_error_chunk(self, base: dict[str, Any], message: str) -> dict[str, Any]:
+    def inband_error_chunk(self, base: dict[str, Any], message: str, code: str) -> dict[str, Any]:
         return base | {
-            "error": {"code": "server_error", "message": message},
+            "error": {"code": code or "server_error", "message": message},
             "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
         }
 

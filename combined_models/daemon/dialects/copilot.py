@@ -1,0 +1,124 @@
+"""GitHub Copilot's chat API: OpenAI Chat Completions plus the headers of an editor, sans-IO.
+
+`endpoint.api_key` is the short-lived Copilot token and `endpoint.base_url` its
+`endpoints.api` (see `copilot_auth`); the provider actor refreshes both.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ...chat import ChatRequest, ImagePart, ToolResultPart
+from ..errors import Failure, UpstreamError, retry_after_from_text
+from .base import Endpoint, HttpRequest, error_object
+from .copilot_auth import EDITOR_HEADERS
+from .openai import OpenAIDialect
+
+__all__ = ["COPILOT_HEADERS", "CopilotDialect", "initiator", "wants_vision"]
+
+COPILOT_HEADERS: Mapping[str, str] = {
+    **EDITOR_HEADERS,
+    "copilot-integration-id": "vscode-chat",
+    "openai-intent": "conversation-panel",
+}
+
+
+def initiator(request: ChatRequest) -> str:
+    """`X-Initiator`: `agent` once the conversation has an assistant turn or a tool result, else `user`.
+
+    Copilot is understood to bill premium requests for `user`-initiated turns only (litellm's rule).
+    """
+    for msg in request.messages:
+        if msg.role == "assistant":
+            return "agent"
+        if not isinstance(msg.content, str) and any(isinstance(p, ToolResultPart) for p in msg.content):
+            return "agent"
+    return "user"
+
+
+def wants_vision(request: ChatRequest) -> bool:
+    """Copilot refuses images unless `Copilot-Vision-Request: true` is sent."""
+    return any(
+        isinstance(p, ImagePart)
+        for msg in request.messages
+        if not isinstance(msg.content, str)
+        for p in msg.content
+    )
+
+
+def _with_defaults(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:
+    """`defaults` under `headers`: a header already set (any case) wins, so the config can override."""
+    present = {k.lower() for k in headers}
+    return {**{k: v for k, v in defaults.items() if k.lower() not in present}, **headers}
+
+
+class CopilotDialect(OpenAIDialect):
+    """The OpenAI dialect with Copilot's headers, error classes and model filter.
+
+    `request_id` makes the `x-request-id` of each request (uuid4 by default; tests pass their own).
+    """
+
+    name = "copilot"
+
+    def __init__(self, request_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+        self._request_id = request_id
+
+    def _headers(self) -> dict[str, str]:
+        return {**COPILOT_HEADERS, "x-request-id": self._request_id()}
+
+    def build_chat(
+        self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
+    ) -> HttpRequest:
+        built = super().build_chat(request, model, endpoint, now)
+        extra = {**self._headers(), "x-initiator": initiator(request)}
+        if wants_vision(request):
+            extra["copilot-vision-request"] = "true"
+        return HttpRequest(built.method, built.url, _with_defaults(built.headers, extra), built.body)
+
+    def classify_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> UpstreamError:
+        error = super().classify_error(status, headers, body, now)
+        text = error.message.lower()
+        code = str(error_object(body).get("code") or "").lower()
+        if status == 429 and ("weekly" in code or "weekly rate limit" in text):
+            # The weekly cap: waiting minutes does not help. The message names the wait.
+            retry = (
+                error.retry_after if error.retry_after is not None else retry_after_from_text(error.message)
+            )
+            return UpstreamError(Failure.QUOTA_EXHAUSTED, error.message, status=status, retry_after=retry)
+        if code == "model_not_supported":
+            # Not offered to this account: another member may have it.
+            return UpstreamError(
+                Failure.NOT_FOUND, error.message, status=status, retry_after=error.retry_after
+            )
+        return error
+
+    def build_list_models(
+        self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
+    ) -> HttpRequest:
+        built = super().build_list_models(endpoint, now, cursor)
+        return HttpRequest(
+            built.method, built.url, _with_defaults(built.headers, self._headers()), built.body
+        )
+
+    def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
+        """Chat models the account may pick, as Copilot's own clients filter the list."""
+        data = json.loads(body)
+        items = data.get("data", []) if isinstance(data, dict) else []
+        return [str(m["id"]) for m in items if _offered(m)], None
+
+
+def _offered(m: Any) -> bool:
+    if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not m["id"]:
+        return False
+    caps = m.get("capabilities")
+    if not isinstance(caps, dict) or caps.get("type") != "chat":
+        return False
+    if "model_picker_enabled" in m and not m["model_picker_enabled"]:
+        return False
+    return not m["id"].endswith("paygo")

@@ -1,0 +1,457 @@
+"""The Anthropic Messages front door, sans-IO (provider-protocols.md §2).
+
+`parse_messages_request` turns a request body into the neutral `ChatRequest`;
+the responders turn the neutral stream events back into Messages stream events
+or one Message object. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ...chat import (
+    ChatRequest,
+    DocumentPart,
+    DoneEvent,
+    ErrorEvent,
+    ImagePart,
+    Message,
+    Part,
+    TextEvent,
+    TextPart,
+    ThinkingEvent,
+    ThinkingPart,
+    Tool,
+    ToolCallEvent,
+    ToolCallPart,
+    ToolResultPart,
+    Usage,
+)
+from ...protocol import ModelsInfo
+from .common import (
+    STATUS_BY_KIND,
+    BadRequest,
+    Out,
+    StreamResponder,
+    UnaryResponder,
+    decode_json,
+    json_reply,
+    retry_after_header,
+    sse_event,
+)
+
+# ------------------------------------------------------------------ request
+
+
+class _Base64(msgspec.Struct, tag="base64", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class _Url(msgspec.Struct, tag="url", tag_field="type"):
+    url: str
+
+
+class _PlainText(msgspec.Struct, tag="text", tag_field="type"):
+    data: str
+    media_type: str = "text/plain"
+
+
+class _Text(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class _Image(msgspec.Struct, tag="image", tag_field="type"):
+    source: _Base64 | _Url
+
+
+class _Document(msgspec.Struct, tag="document", tag_field="type"):
+    source: _Base64 | _PlainText
+    title: str | None = None
+
+
+class _ToolUse(msgspec.Struct, tag="tool_use", tag_field="type"):
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class _ToolResult(msgspec.Struct, tag="tool_result", tag_field="type"):
+    tool_use_id: str
+    content: str | list[_Text | _Image] | None = None
+    is_error: bool = False
+
+
+class _Thinking(msgspec.Struct, tag="thinking", tag_field="type"):
+    thinking: str
+    signature: str | None = None
+
+
+class _RedactedThinking(msgspec.Struct, tag="redacted_thinking", tag_field="type"):
+    data: str
+
+
+_Block = _Text | _Image | _Document | _ToolUse | _ToolResult | _Thinking | _RedactedThinking
+
+
+class _Message(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[_Block]
+
+
+class _ToolDef(msgspec.Struct):
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
+    # Server tools (web search, code execution...) run at Anthropic itself: nothing to fail over to.
+    type: Literal["custom"] | None = None
+
+
+class _ToolChoice(msgspec.Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class _ThinkingConfig(msgspec.Struct):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+
+
+class _Body(msgspec.Struct):
+    model: str
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
+    system: str | list[_Text] | None = None
+    stream: bool = False
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    tools: list[_ToolDef] | None = None
+    tool_choice: _ToolChoice | None = None
+    thinking: _ThinkingConfig | None = None
+
+
+_decoder = msgspec.json.Decoder(_Body)
+MIN_THINKING_BUDGET = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessages:
+    model: str
+    stream: bool
+    request: ChatRequest
+
+
+def _image(block: _Image) -> ImagePart:
+    if isinstance(block.source, _Url):
+        return ImagePart(url=block.source.url)
+    return ImagePart(media_type=block.source.media_type, data=block.source.data)
+
+
+def _user_parts(blocks: list[_Block], where: str) -> list[Part]:
+    out: list[Part] = []
+    for j, b in enumerate(blocks):
+        if isinstance(b, _Text):
+            out.append(TextPart(b.text))
+        elif isinstance(b, _Image):
+            out.append(_image(b))
+        elif isinstance(b, _Document):
+            if isinstance(b.source, _PlainText):
+                out.append(TextPart(b.source.data))
+            else:
+                out.append(DocumentPart(media_type=b.source.media_type, data=b.source.data, title=b.title))
+        elif isinstance(b, _ToolResult):
+            content = b.content or ""
+            if isinstance(content, str):
+                out.append(ToolResultPart(tool_call_id=b.tool_use_id, content=content, is_error=b.is_error))
+            else:
+                text = "".join(c.text for c in content if isinstance(c, _Text))
+                out.append(ToolResultPart(tool_call_id=b.tool_use_id, content=text, is_error=b.is_error))
+                # The neutral result carries text only; its images follow it in the same turn.
+                out += [_image(c) for c in content if isinstance(c, _Image)]
+        else:
+            raise BadRequest(
+                f"a `{b.__struct_config__.tag}` block belongs in an assistant turn", f"{where}[{j}].type"
+            )
+    return out
+
+
+def _assistant_parts(blocks: list[_Block], where: str) -> list[Part]:
+    out: list[Part] = []
+    for j, b in enumerate(blocks):
+        if isinstance(b, _Text):
+            out.append(TextPart(b.text))
+        elif isinstance(b, _ToolUse):
+            out.append(ToolCallPart(b.id, b.name, b.input))
+        elif isinstance(b, _Thinking):
+            out.append(ThinkingPart(text=b.thinking, signature=b.signature))
+        elif isinstance(b, _RedactedThinking):
+            continue  # opaque to every other vendor, and the neutral model has no place for it
+        else:
+            raise BadRequest(
+                f"a `{b.__struct_config__.tag}` block belongs in a user turn", f"{where}[{j}].type"
+            )
+    return out
+
+
+def _thinking_budget(body: _Body) -> int | None:
+    t = body.thinking
+    if t is None or t.type == "disabled":
+        return None
+    if t.type == "adaptive":  # the model decides how much: give it half the output budget
+        return body.max_tokens // 2 if body.max_tokens // 2 >= MIN_THINKING_BUDGET else None
+    if t.budget_tokens is None:
+        raise BadRequest("required when thinking is enabled", "thinking.budget_tokens")
+    if not MIN_THINKING_BUDGET <= t.budget_tokens < body.max_tokens:
+        raise BadRequest(
+            f"expected at least {MIN_THINKING_BUDGET} and less than max_tokens ({body.max_tokens})",
+            "thinking.budget_tokens",
+        )
+    return t.budget_tokens
+
+
+def to_chat_request(body: _Body) -> ChatRequest:
+    """The validated body -> the neutral request. Raises BadRequest naming the field."""
+    messages: list[Message] = []
+    for i, m in enumerate(body.messages):
+        where = f"messages[{i}].content"
+        if isinstance(m.content, str):
+            messages.append(Message(m.role, m.content))
+        elif m.role == "user":
+            messages.append(Message("user", _user_parts(m.content, where)))
+        else:
+            messages.append(Message("assistant", _assistant_parts(m.content, where)))
+    system = (
+        body.system
+        if isinstance(body.system, str) or body.system is None
+        else "\n\n".join(b.text for b in body.system)
+    )
+    tools = [
+        Tool(name=t.name, description=t.description or "", parameters=t.input_schema)
+        for t in body.tools or ()
+    ]
+    tool_choice: str | None = None
+    if (c := body.tool_choice) is not None:
+        if c.type == "tool":
+            if not c.name:
+                raise BadRequest("required when tool_choice.type is `tool`", "tool_choice.name")
+            if c.name not in {t.name for t in tools}:
+                raise BadRequest(f"no tool named {c.name!r} in `tools`", "tool_choice.name")
+            tool_choice = c.name
+        else:
+            tool_choice = {"auto": "auto", "any": "required", "none": "none"}[c.type]
+    return ChatRequest(
+        messages=messages,
+        system=system or None,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences or None,
+        tools=tools,
+        tool_choice=tool_choice,
+        thinking_budget=_thinking_budget(body),
+    )
+
+
+def parse_messages_request(body: bytes) -> ParsedMessages:
+    """A `POST /v1/messages` body -> the model, stream flag and neutral request."""
+    b: _Body = decode_json(_decoder, body)
+    return ParsedMessages(model=b.model, stream=b.stream, request=to_chat_request(b))
+
+
+# ------------------------------------------------------------------ errors
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str, request_id: str | None = None) -> dict[str, Any]:
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+
+
+def error_response(status: int, message: str) -> list[Out]:
+    return json_reply(status, error_body(status, message))
+
+
+def bad_request(e: BadRequest) -> list[Out]:
+    return error_response(400, f"{e.param}: {e.message}" if e.param else e.message)
+
+
+def unauthorized() -> list[Out]:
+    return error_response(401, "invalid x-api-key: use the daemon's token (`cmctl http-token`)")
+
+
+def _error_reply(event: ErrorEvent, request_id: str) -> list[Out]:
+    status = STATUS_BY_KIND.get(event.kind, 500)
+    return json_reply(
+        status, error_body(status, event.message, request_id), retry_after_header(event.retry_after_s)
+    )
+
+
+# ------------------------------------------------------------------ responses
+
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
+_ANTHROPIC_STOPS = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+
+
+def stop_reason(finish_reason: str) -> str:
+    if finish_reason in _ANTHROPIC_STOPS:
+        return finish_reason
+    return STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def usage_object(u: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+    }
+
+
+def _message(response_id: str, model: str) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
+
+
+class MessageStreamResponder(StreamResponder):
+    """`message_start`, content blocks, `message_delta`, `message_stop`; tool inputs in one delta."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(response_id)
+        self._index = -1
+        self._open: str | None = None  # the type of the content block being streamed
+
+    def error_reply(self, event: ErrorEvent) -> list[Out]:
+        return _error_reply(event, self.id)
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+    def _begin(self, kind: str, block: dict[str, Any]) -> bytes:
+        out = self._close()
+        self._index += 1
+        self._open = kind
+        start = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return out + sse_event("content_block_start", start)
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
+        )
+
+    def start(self) -> bytes:
+        return sse_event("message_start", {"type": "message_start", "message": _message(self.id, self.model)})
+
+    def text(self, event: TextEvent) -> bytes:
+        out = b"" if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
+        return out + self._delta({"type": "text_delta", "text": event.text})
+
+    def thinking(self, event: ThinkingEvent) -> bytes:
+        out = b""
+        if self._open != "thinking":
+            out = self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        if event.text:
+            out += self._delta({"type": "thinking_delta", "thinking": event.text})
+        if event.signature:  # the signature comes last in a thinking block
+            out += self._delta({"type": "signature_delta", "signature": event.signature}) + self._close()
+        return out
+
+    def tool_call(self, event: ToolCallEvent) -> bytes:
+        block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+        partial = json.dumps(event.arguments, ensure_ascii=False)
+        return (
+            self._begin("tool_use", block)
+            + self._delta({"type": "input_json_delta", "partial_json": partial})
+            + self._close()
+        )
+
+    def done(self, event: DoneEvent) -> bytes:
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(event.finish_reason), "stop_sequence": None},
+            "usage": usage_object(event.usage),
+        }
+        return (
+            self._close()
+            + sse_event("message_delta", delta)
+            + sse_event("message_stop", {"type": "message_stop"})
+        )
+
+    def inband_error(self, event: ErrorEvent) -> bytes:
+        status = STATUS_BY_KIND.get(event.kind, 500)
+        return sse_event("error", error_body(status, event.message, self.id))
+
+
+class MessageResponder(UnaryResponder):
+    """One Message object."""
+
+    def error_reply(self, event: ErrorEvent) -> list[Out]:
+        return _error_reply(event, self.id)
+
+    def body(self, done: DoneEvent) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        for b in self.blocks:
+            if b.call is not None:
+                content.append(
+                    {"type": "tool_use", "id": b.call.id, "name": b.call.name, "input": b.call.arguments}
+                )
+            elif b.kind == "thinking":
+                content.append({"type": "thinking", "thinking": b.text, "signature": b.signature or ""})
+            elif b.text:
+                content.append({"type": "text", "text": b.text})
+        message = _message(self.id, self.model)
+        message.update(
+            content=content, stop_reason=stop_reason(done.finish_reason), usage=usage_object(done.usage)
+        )
+        return message
+
+
+# ------------------------------------------------------------------ models
+
+
+def model_object(model_id: str, created: float) -> dict[str, Any]:
+    at = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": at}
+
+
+def models_list(info: ModelsInfo, created: float) -> dict[str, Any]:
+    data = [model_object(m.id, created) for m in info.models]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

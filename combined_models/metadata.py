@@ -1,0 +1,79 @@
+"""Optional model metadata from the public models.dev catalog (the one OpenCode uses). Pure.
+
+Off unless the config says `metadata = "models.dev"`. The daemon fetches the
+catalog now and then and caches it in the state dir; nothing depends on it
+being reachable. It enriches members with context window, prices and
+capabilities, which feed the capability checks of failover.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+MODELS_DEV_URL = "https://models.dev/api.json"
+
+
+class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str | None = None
+    context_window: int | None = None
+    max_output: int | None = None
+    input_cost: float | None = None  # USD per million tokens
+    output_cost: float | None = None
+    tools: bool | None = None
+    reasoning: bool | None = None
+    images: bool | None = None
+
+
+Catalog = dict[str, dict[str, ModelInfo]]  # provider id -> model id -> info
+
+
+def _num(d: Any, key: str) -> float | None:
+    v = d.get(key) if isinstance(d, dict) else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _flag(d: dict[str, Any], key: str) -> bool | None:
+    v = d.get(key)
+    return v if isinstance(v, bool) else None
+
+
+def parse_models_dev(body: bytes) -> Catalog:
+    """models.dev's api.json (`{provider: {models: {id: {...}}}}`, optionally under "providers")."""
+    data = json.loads(body)
+    if isinstance(data, dict) and isinstance(data.get("providers"), dict):
+        data = data["providers"]
+    if not isinstance(data, dict):
+        raise ValueError("models.dev catalog: expected an object of providers")
+    out: Catalog = {}
+    for pid, provider in data.items():
+        models = provider.get("models") if isinstance(provider, dict) else None
+        if not isinstance(models, dict):
+            continue
+        table: dict[str, ModelInfo] = {}
+        for mid, m in models.items():
+            if not isinstance(m, dict):
+                continue
+            limit, cost = m.get("limit"), m.get("cost")
+            modalities = m.get("modalities") if isinstance(m.get("modalities"), dict) else {}
+            inputs = modalities.get("input") if isinstance(modalities, dict) else None
+            context, output = _num(limit, "context"), _num(limit, "output")
+            table[str(m.get("id") or mid)] = ModelInfo(
+                name=m["name"] if isinstance(m.get("name"), str) else None,
+                context_window=int(context) if context else None,
+                max_output=int(output) if output else None,
+                input_cost=_num(cost, "input"),
+                output_cost=_num(cost, "output"),
+                tools=_flag(m, "tool_call"),
+                reasoning=_flag(m, "reasoning"),
+                images=("image" in inputs) if isinstance(inputs, list) else None,
+            )
+        out[str(pid)] = table
+    return out
+
+
+def lookup(catalog: Catalog, provider: str, model: str) -> ModelInfo | None:
+    """Info on `model` at `provider` (ids as models.dev spells them; our presets use the same ids)."""
+    return catalog.get(provider, {}).get(model)

@@ -1,0 +1,382 @@
+"""Anthropic Messages (provider-protocols.md §2, §8).
+
+`POST /v1/messages` with `x-api-key` and `anthropic-version`; SSE with `event:` lines
+and the block-by-block event sequence; errors in `{"type":"error","error":{...}}`.
+A final assistant message is a prefill: the answer holds only its continuation.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ..answer import Answer, ChatRequest, Piece, TextPiece, ThinkingPiece, ToolCallArgs, ToolCallStart
+from ..conversation import (
+    Part,
+    Turn,
+    build_request,
+    image_part,
+    text_part,
+    thinking_part,
+    tool_call_part,
+    tool_result_part,
+)
+from .base import (
+    SSE_HEADERS,
+    BadRequest,
+    Context,
+    Dialect,
+    HttpRequest,
+    Reply,
+    Route,
+    decode_json,
+    json_reply,
+    page,
+    sse,
+)
+
+# status -> (error.type, default message)
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    402: ("billing_error", "Your credit balance is too low to access the Anthropic API."),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "The requested resource could not be found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error"),
+    504: ("timeout_error", "Request timed out"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class _Source(msgspec.Struct):
+    type: str
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str | None = None
+    source: _Source | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: str | list[_Block] | None = None
+    thinking: str | None = None
+    signature: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str | list[_Block]
+
+
+class _Tool(msgspec.Struct):
+    name: str
+
+
+class _ToolChoice(msgspec.Struct):
+    type: str
+
+
+class _Body(msgspec.Struct):
+    model: str
+    max_tokens: int
+    messages: list[_Message]
+    system: str | list[_Block] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: _ToolChoice | None = None
+    stream: bool = False
+
+
+def _part(b: _Block) -> Part | None:
+    match b.type:
+        case "text":
+            return text_part(b.text or "")
+        case "image" if b.source is not None and b.source.type == "base64":
+            return image_part(b.source.media_type, b.source.data or "")
+        case "image" if b.source is not None:
+            return {"type": "image", "media_type": None, "data_length": 0, "url": b.source.url}
+        case "tool_use":
+            return tool_call_part(b.id, b.name or "", b.input if b.input is not None else {})
+        case "tool_result":
+            content = b.content if isinstance(b.content, str) else _joined_text(b.content or [])
+            return tool_result_part(b.tool_use_id, content)
+        case "thinking":
+            return thinking_part(b.thinking or "", b.signature)
+        case "redacted_thinking":
+            return {"type": "redacted_thinking"}
+    return None  # other block kinds (documents, server tools) carry nothing the simulator reads
+
+
+def _joined_text(blocks: Sequence[_Block]) -> str:
+    return "".join(b.text or "" for b in blocks if b.type == "text")
+
+
+def _last_text(content: str | list[_Block]) -> str:
+    if isinstance(content, str):
+        return content
+    return content[-1].text or "" if content and content[-1].type == "text" else ""
+
+
+def _rfc3339(unix: int) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return sse(obj, obj["type"])
+
+
+class AnthropicDialect(Dialect):
+    """`POST /v1/messages`, `GET /v1/models` (paged) and `GET /v1/models/{id}`."""
+
+    name = "anthropic"
+    base_path = ""  # the SDK appends /v1/... itself
+    keepalive_interval: float | None = 0.5  # pings while the first token is slow
+    request_id_header = "request-id"
+    response_id_prefix = "msg_"
+    tool_id_prefix = "toolu_"
+
+    def route(self, method: str, path: str, query: Mapping[str, str]) -> Route | None:
+        if method == "POST" and path == "/v1/messages":
+            return Route("chat")
+        if method == "GET" and path == "/v1/models":
+            return Route("models")
+        if method == "GET" and path.startswith("/v1/models/"):
+            return Route("model", path[len("/v1/models/") :])
+        return None
+
+    def check_auth(self, route: Route, request: HttpRequest, ctx: Context) -> Reply | None:
+        h, rid = request.headers, request.request_id
+        bearer = h.get("authorization", "")
+        key = h.get("x-api-key") or (bearer[len("Bearer ") :] if bearer.startswith("Bearer ") else None)
+        if not key:
+            return self.error(401, "x-api-key header is required", request_id=rid)
+        if ctx.api_key is not None and key != ctx.api_key:
+            return self.error(401, "invalid x-api-key", request_id=rid)
+        if "anthropic-version" not in h:
+            return self.error(400, "anthropic-version: header is required", request_id=rid)
+        return None
+
+    def parse_chat(self, route: Route, body: bytes) -> ChatRequest:
+        b: _Body = decode_json(body, _Body)
+        if not b.messages:
+            raise BadRequest("messages: at least one message is required")
+        if b.max_tokens < 1:
+            raise BadRequest("max_tokens: Input should be greater than or equal to 1")
+        turns: list[Turn] = []
+        for i, m in enumerate(b.messages):
+            if m.role not in ("user", "assistant"):
+                raise BadRequest(
+                    f"messages.{i}.role: Input should be 'user' or 'assistant'"
+                    + (
+                        ". The Messages API accepts a top-level `system` parameter."
+                        if m.role == "system"
+                        else ""
+                    )
+                )
+            blocks = [text_part(m.content)] if isinstance(m.content, str) else [_part(x) for x in m.content]
+            turns.append(Turn("user" if m.role == "user" else "assistant", [p for p in blocks if p]))
+        last = b.messages[-1]
+        if last.role == "assistant" and _last_text(last.content) != _last_text(last.content).rstrip():
+            raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
+        if b.system is None:
+            system = []
+        elif isinstance(b.system, str):
+            system = [b.system]
+        else:
+            system = [x.text or "" for x in b.system if x.type == "text"]
+        no_tools = b.tool_choice is not None and b.tool_choice.type == "none"
+        return build_request(
+            model=b.model,
+            system=system,
+            turns=turns,
+            stream=b.stream,
+            tool_names=() if no_tools else [t.name for t in b.tools or ()],
+            max_tokens=b.max_tokens,
+        )
+
+    def error(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        wait: float | None = None,
+        request_id: str = "",
+    ) -> Reply:
+        default_type = "api_error" if status >= 500 else "invalid_request_error"
+        etype, default_message = _ERRORS.get(status, (default_type, f"HTTP {status}"))
+        body = {
+            "type": "error",
+            "error": {"type": code or etype, "message": message or default_message},
+            "request_id": request_id or None,
+        }
+        return json_reply(status, body, [("retry-after", f"{wait:g}")] if wait else [])
+
+    def unknown_model(self, model: str, request_id: str = "") -> Reply:
+        return self.error(404, f"model: {model}", request_id=request_id)
+
+    def completion(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> Reply:
+        return json_reply(200, _message(req, answer, response_id, content=_content(answer)))
+
+    def stream(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> AnthropicStream:
+        return AnthropicStream(req, answer, response_id)
+
+    def serve(self, route: Route, request: HttpRequest, ctx: Context) -> Reply:
+        rid = request.request_id
+        if route.kind == "model":
+            if route.model not in ctx.models:
+                return self.error(404, f"model: {route.model}", request_id=rid)
+            return json_reply(200, self._model_entry(route.model, ctx.created))
+        if route.kind != "models":
+            return self.not_found(request)
+        models, q = ctx.models, request.query
+        try:
+            limit = int(q.get("limit", "20"))
+        except ValueError:
+            return self.error(400, "limit: Input should be a valid integer", request_id=rid)
+        if not 1 <= limit <= 1000:
+            return self.error(400, "limit: Input should be between 1 and 1000", request_id=rid)
+        for name in ("after_id", "before_id"):
+            if name in q and q[name] not in models:
+                return self.error(404, f"{name}: {q[name]} not found", request_id=rid)
+        if "before_id" in q:  # the page that ends just before it
+            end = models.index(q["before_id"])
+            ids, has_more = list(models[max(0, end - limit) : end]), end - limit > 0
+        else:
+            start = models.index(q["after_id"]) + 1 if "after_id" in q else 0
+            ids, has_more = page(models, start, limit)
+        return json_reply(
+            200,
+            {
+                "data": [self._model_entry(m, ctx.created) for m in ids],
+                "has_more": has_more,
+                "first_id": ids[0] if ids else None,
+                "last_id": ids[-1] if ids else None,
+            },
+        )
+
+    def _model_entry(self, model: str, created: int) -> dict[str, Any]:
+        return {"type": "model", "id": model, "display_name": model, "created_at": _rfc3339(created)}
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    return {
+        "input_tokens": answer.prompt_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": answer.completion_tokens,
+    }
+
+
+def _message(req: ChatRequest, answer: Answer, response_id: str, *, content: list[Any]) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": content,
+        "stop_reason": STOP_REASONS[answer.finish_reason],
+        "stop_sequence": None,
+        "usage": _usage(answer),
+    }
+
+
+def _content(answer: Answer) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    if answer.thinking:
+        content.append({"type": "thinking", "thinking": answer.thinking, "signature": answer.signature})
+    if answer.text:
+        content.append({"type": "text", "text": answer.text})
+    if (call := answer.tool_call) is not None:
+        call_id, name, arguments = call
+        content.append(
+            {"type": "tool_use", "id": call_id, "name": name, "input": msgspec.json.decode(arguments)}
+        )
+    return content
+
+
+class AnthropicStream:
+    """message_start, ping, then per block content_block_start / *_delta / content_block_stop,
+    then message_delta (stop reason, cumulative usage) and message_stop."""
+
+    headers: Sequence[tuple[str, str]] = SSE_HEADERS
+
+    def __init__(self, req: ChatRequest, answer: Answer, response_id: str) -> None:
+        self._req = req
+        self._answer = answer
+        self._response_id = response_id
+        self._index = -1
+        self._open: str | None = None  # type of the block being streamed
+
+    def start(self) -> bytes:
+        message = _message(self._req, self._answer, self._response_id, content=[])
+        message |= {"stop_reason": None, "usage": _usage(self._answer) | {"output_tokens": 1}}
+        return _event({"type": "message_start", "message": message}) + self.keepalive()
+
+    def _open_block(self, block: dict[str, Any]) -> bytes:
+        out = self._close_block()
+        self._index += 1
+        self._open = block["type"]
+        return out + _event({"type": "content_block_start", "index": self._index, "content_block": block})
+
+    def _close_block(self) -> bytes:
+        if self._open is None:
+            return b""
+        out = b""
+        if self._open == "thinking":  # the signature arrives just before the block stops
+            out = self._delta({"type": "signature_delta", "signature": self._answer.signature})
+        self._open = None
+        return out + _event({"type": "content_block_stop", "index": self._index})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _event({"type": "content_block_delta", "index": self._index, "delta": delta})
+
+    def piece(self, piece: Piece) -> bytes:
+        if isinstance(piece, ThinkingPiece):
+            out = (
+                b""
+                if self._open == "thinking"
+                else self._open_block({"type": "thinking", "thinking": "", "signature": ""})
+            )
+            return out + self._delta({"type": "thinking_delta", "thinking": piece.text})
+        if isinstance(piece, TextPiece):
+            out = b"" if self._open == "text" else self._open_block({"type": "text", "text": ""})
+            return out + self._delta({"type": "text_delta", "text": piece.text})
+        if isinstance(piece, ToolCallStart):
+            block = {"type": "tool_use", "id": piece.id, "name": piece.name, "input": {}}
+            # The first input fragment is often empty on the real API; clients must cope.
+            return self._open_block(block) + self._delta({"type": "input_json_delta", "partial_json": ""})
+        assert isinstance(piece, ToolCallArgs)
+        return self._delta({"type": "input_json_delta", "partial_json": piece.fragment})
+
+    def finish(self) -> bytes:
+        delta = {"stop_reason": STOP_REASONS[self._answer.finish_reason], "stop_sequence": None}
+        usage = {"input_tokens": self._answer.prompt_tokens, "output_tokens": self._answer.completion_tokens}
+        return (
+            self._close_block()
+            + _event({"type": "message_delta", "delta": delta, "usage": usage})
+            + _event({"type": "message_stop"})
+        )
+
+    def keepalive(self) -> bytes:
+        return _event({"type": "ping"})
+
+    def inband_error(self, message: str, code: str) -> bytes:
+        error = {"type": code or "overloaded_error", "message": message or "Overloaded"}
+        return _event({"type": "error", "error": error})
+
+    def malformed(self) -> bytes:
+        # A delta cut off mid-object, as a proxy that truncates an event would leave it.
+        whole = self._delta({"type": "text_delta", "text": "lost"})
+        return whole[: whole.index(b'"delta"')] + b"\n\n"
