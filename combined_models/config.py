@@ -55,6 +55,8 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     region: str | None = None  # Bedrock: the AWS region (else AWS_REGION or the profile's)
     profile: str | None = None  # Bedrock: the AWS profile in ~/.aws
     auth_url: str | None = None  # Copilot: the GitHub API that exchanges tokens (GitHub Enterprise, tests)
+    control_url: str | None = None  # Bedrock: the control plane that lists models (default: from the region,
+    #                                 or `base_url` when that is set, as for a local endpoint)
 
 
 def _hide_key(self: ProviderConfig) -> str:
@@ -299,6 +301,8 @@ def resolve_provider(cfg: Config, pid: str, env: Mapping[str, str] | None = None
         disabled = f"no API key (set {wanted})"
     headers = {**(preset.headers if preset else {}), **p.headers}
     options = dict(preset.options) if preset else {}
+    if api == "bedrock" and (p.control_url or p.base_url):
+        options["control_url"] = p.control_url or p.base_url
     return ResolvedProvider(
         id=pid,
         api=api,

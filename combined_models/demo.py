@@ -26,11 +26,31 @@ ANSWER = (
     "you rate-limits, overloads or breaks mid-answer, the daemon carries on with the next one, so you "
     "receive one complete answer with nothing lost and nothing repeated."
 )
-PROVIDERS = [  # (id, flavour of OpenAI dialect, the id it lists the model under)
-    ("openai", "openai", "gpt-4.1"),
-    ("openrouter", "openrouter", "openai/gpt-4.1"),
-    ("backup", "openai", "gpt-4.1"),
+# (provider id, the wire format its simulator speaks, the id it lists the model under)
+PROVIDERS = [
+    ("anthropic", "anthropic", "claude-sonnet-4-5-20250929"),
+    ("amazon-bedrock", "bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    ("openrouter", "openrouter", "anthropic/claude-sonnet-4.5"),
 ]
+FIRST, SECOND, THIRD = (pid for pid, _, _ in PROVIDERS)
+
+
+def demo_config(sims: dict[str, Simulator]) -> str:
+    """Three seed providers by their preset ids, pointed at the simulators; models come from their listings."""
+    toml = [
+        f"provider_priority = {[pid for pid, _, _ in PROVIDERS]!r}".replace("'", '"'),
+        "[failover]",
+        "first_token_timeout = 5.0",
+        "idle_timeout = 2.0",
+        "[http]",
+        "enabled = false",  # the demo leaves no token or port behind
+    ]
+    for pid, _, _ in PROVIDERS:
+        sim = sims[pid]
+        toml += [f"[providers.{pid}]", f'base_url = "{sim.base_url}"', f'api_key = "{sim.api_key}"']
+        if pid == "amazon-bedrock":
+            toml.append('region = "us-east-1"')  # picks the us. inference profile
+    return "\n".join(toml) + "\n"
 
 
 class Painter:
@@ -88,28 +108,19 @@ async def _demo(fast: bool, runtime: Path) -> int:
     cooldown = 2 if fast else 4
     sims = {
         pid: Simulator(
-            dialect=flavour, models=[model], text=ANSWER, chunk_delay=0.0 if fast else 0.025, name=pid
+            dialect=dialect,
+            models=[model],
+            text=ANSWER,
+            chunk_delay=0.0 if fast else 0.025,
+            name=pid,
+            api_key=f"demo-key-{pid}",
         )
-        for pid, flavour, model in PROVIDERS
+        for pid, dialect, model in PROVIDERS
     }
     async with trio.open_nursery() as nursery:
         for sim in sims.values():
             await nursery.start(sim.run)
-        toml = [
-            'provider_priority = ["openai", "openrouter", "backup"]',
-            "[failover]",
-            "first_token_timeout = 5.0",
-            "idle_timeout = 2.0",
-        ]
-        for pid, _, model in PROVIDERS:
-            toml += [
-                f"[providers.{pid}]",
-                'api = "openai"',
-                f'base_url = "{sims[pid].base_url}"',
-                f'api_key = "sk-demo-{pid}"',
-                f'models = ["{model}"]',
-            ]
-        cfg = parse_config("\n".join(toml), "demo config")
+        cfg = parse_config(demo_config(sims), "demo config")
         sock = runtime / "daemon.sock"
         await open_daemon(cfg, sock, nursery)
         ok = True
@@ -118,51 +129,48 @@ async def _demo(fast: bool, runtime: Path) -> int:
             say(
                 paint("combined-models demo: three simulated providers on loopback, one daemon, no keys", "1")
             )
+            say("Anthropic (Messages SSE), Amazon Bedrock (SigV4-style auth, binary event-stream) and")
+            say(
+                "OpenRouter (OpenAI-shaped SSE) each list the model under their own id; the daemon groups them:"
+            )
             say(render_models(models))
-            model = models.models[0].id if models.models else "gpt-4.1"
+            model = models.models[0].id if models.models else "claude-sonnet-4-5"
 
             step(1, f"all healthy: `{model}` is served by the first provider in priority order")
             r1 = await ask(client, model, "What is a combined model?")
             await trio.sleep(pause)
 
-            step(
-                2,
-                f"openai answers 429 with retry-after: {cooldown}: the same request continues on openrouter",
-            )
-            sims["openai"].push_fault(
-                Fault(kind="status", status=429, headers={"retry-after": str(cooldown)})
-            )
+            step(2, f"{FIRST} answers 429 (retry-after: {cooldown}): the same request continues on {SECOND}")
+            sims[FIRST].push_fault(Fault(kind="status", status=429, headers={"retry-after": str(cooldown)}))
             r2 = await ask(client, model, "What is a combined model?")
             say(render_status(await client.status()))
             await trio.sleep(pause)
 
-            step(3, "while openai cools down, requests go straight to openrouter (openai sees none of them)")
-            before = sims["openai"].statistics().chat_requests
+            step(3, f"while {FIRST} cools down, requests go straight to {SECOND} ({FIRST} sees none of them)")
+            before = sims[FIRST].statistics().chat_requests
             r3 = await ask(client, model, "And again?")
-            say(
-                paint(
-                    f"   requests openai received meanwhile: {sims['openai'].statistics().chat_requests - before}",
-                    "2",
-                )
-            )
+            seen = sims[FIRST].statistics().chat_requests - before
+            say(paint(f"   requests {FIRST} received meanwhile: {seen}", "2"))
             await trio.sleep(pause)
 
-            step(4, "openrouter's connection breaks mid-answer: backup finishes it, seamlessly")
-            sims["openrouter"].push_fault(Fault(kind="reset_after", after_chunks=12))
+            step(
+                4, f"{SECOND}'s stream breaks mid-answer: {THIRD} finishes it, with nothing lost or repeated"
+            )
+            sims[SECOND].push_fault(Fault(kind="reset_after", after_chunks=12))
             r4 = await ask(client, model, "Once more, please.")
             await trio.sleep(pause)
 
-            step(5, f"{cooldown}s later the cooldown is over: traffic goes back to openai")
+            step(5, f"{cooldown}s later the cooldown is over: traffic goes back to {FIRST}")
             status = await client.status()
-            wait = max((p.cooldown_remaining_s for p in status.providers), default=0.0)
-            wait = max(wait, *(m.cooldown_remaining_s for p in status.providers for m in p.models), 0.0)
-            await trio.sleep(wait + 0.1)
+            waits = [p.cooldown_remaining_s for p in status.providers]
+            waits += [m.cooldown_remaining_s for p in status.providers for m in p.models]
+            await trio.sleep(max(waits, default=0.0) + 0.1)
             r5 = await ask(client, model, "Last one.")
 
             step(6, "provider health (`cmctl status`)")
             say(render_status(await client.status()))
             served = [r.provider if isinstance(r, DoneEvent) else None for r in (r1, r2, r3, r4, r5)]
-            ok = served == ["openai", "openrouter", "openrouter", "backup", "openai"]
+            ok = served == [FIRST, SECOND, SECOND, THIRD, FIRST]
         nursery.cancel_scope.cancel()
     say()
     if ok:

@@ -68,6 +68,8 @@ def config_for(
             f'api_key = "sk-test-{pid}-0123456789"',
             f"models = {list(sim.models)!r}".replace("'", '"'),
         ]
+    if "[http]" not in extra:  # any free port: daemons in tests never collide (nor take a user's 4141)
+        extra += '\n[http]\nlisten = "127.0.0.1:0"\n'
     return parse_config("\n".join(lines) + "\n" + extra, "test config")
 
 

@@ -45,8 +45,9 @@ def test_known_windows_and_modalities() -> None:
 def test_overrides_apply_only_when_given() -> None:
     caps = Capabilities(prefill=False, context_window=1000)
     assert with_overrides(caps, prefill=None, context_window=None) is caps
-    assert with_overrides(caps, prefill=True, images=False) == Capabilities(prefill=True, images=False,
-                                                                             context_window=1000)
+    assert with_overrides(caps, prefill=True, images=False) == Capabilities(
+        prefill=True, images=False, context_window=1000
+    )
 
 
 def test_unsupported_requests_name_the_reason() -> None:
@@ -64,8 +65,16 @@ def test_unsupported_requests_name_the_reason() -> None:
 def test_models_dev_catalog_is_parsed_leniently() -> None:
     catalog = parse_models_dev((DATA / "models-dev-sample.json").read_bytes())
     info = lookup(catalog, "anthropic", "claude-sonnet-4-5-20250929")
-    assert info == ModelInfo(name="Claude Sonnet 4.5", context_window=200_000, max_output=64_000,
-                             input_cost=3.0, output_cost=15.0, tools=True, reasoning=True, images=True)
+    assert info == ModelInfo(
+        name="Claude Sonnet 4.5",
+        context_window=200_000,
+        max_output=64_000,
+        input_cost=3.0,
+        output_cost=15.0,
+        tools=True,
+        reasoning=True,
+        images=True,
+    )
     r1 = lookup(catalog, "openrouter", "deepseek/deepseek-r1")
     assert r1 is not None and (r1.images, r1.tools) == (False, False)
     assert lookup(catalog, "openrouter", "broken") is None

@@ -46,6 +46,7 @@ def write_config(path: Path, sims: dict[str, Simulator]) -> Path:
             f'api_key = "sk-cli-{pid}-0123456789"',
             f"models = {json.dumps(list(sim.models))}",
         ]
+    lines += ["[http]", 'listen = "127.0.0.1:0"']
     config_for(sims)  # the same shape the in-process tests use must parse
     path.write_text("\n".join(lines) + "\n")
     return path

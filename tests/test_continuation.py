@@ -198,7 +198,10 @@ def test_the_callers_own_prefill_and_the_partial_form_one_assistant_turn() -> No
     req = ChatRequest(messages=[Message("user", "list three"), Message("assistant", "1.")])
     out = continuation_request(req, " apples\n2. ", prefill=True)
     assert out is not None
-    assert [(m.role, m.text()) for m in out.messages] == [("user", "list three"), ("assistant", "1. apples\n2.")]
+    assert [(m.role, m.text()) for m in out.messages] == [
+        ("user", "list three"),
+        ("assistant", "1. apples\n2."),
+    ]
     out = continuation_request(req, " apples", prefill=False)
     assert out is not None
     assert [m.role for m in out.messages] == ["user", "assistant", "user"]

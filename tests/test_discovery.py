@@ -38,7 +38,7 @@ def discovering_config(urls: dict[str, str]) -> str:
             f'base_url = "{url}"',
             'api_key = "sk-x-0123456789"',
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + '\n[http]\nlisten = "127.0.0.1:0"\n'
 
 
 @asynccontextmanager

@@ -1014,3 +1014,33 @@ async def test_the_front_door_can_be_turned_off(short_dir: Path) -> None:
 async def _status(st: Stack) -> Any:
     async with st.client() as c:
         return await c.status()
+
+
+async def test_a_stream_under_way_finishes_when_the_daemon_stops(short_dir: Path) -> None:
+    async with open_front(short_dir, chunk_delay=0.01) as front, front.http() as http:
+        body = {"model": MODEL, "messages": HI, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            chunks = r.aiter_bytes()
+            raw = await chunks.__anext__()
+            front.stack.server.request_stop()  # in-flight answers get the grace period
+            raw += b"".join([c async for c in chunks])
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert (
+            "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for _, d in _sse(raw)[:-1])
+            == ANSWER
+        )
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(short_dir: Path) -> None:
+    async with open_front(short_dir) as front:
+        host, port = front.url.removeprefix("http://").rsplit(":", 1)
+
+        def send_huge_header() -> bytes:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999\r\n\r\n"
+                )
+                return s.recv(65536)
+
+        reply = await in_thread(send_huge_header)
+        assert reply.startswith(b"HTTP/1.1 413 ")

@@ -376,7 +376,7 @@ def test_every_dialect_parses_the_same_conversation_to_the_same_view(dialect: st
 def test_thinking_sent_back_is_in_the_view(
     dialect: str, route: Route, body: Any, signature: str | None
 ) -> None:
-    encoded: dict[str, Any] = {
+    bodies: dict[str, dict[str, Any]] = {
         "anthropic": {
             "model": "m",
             "max_tokens": 9,
@@ -398,7 +398,8 @@ def test_thinking_sent_back_is_in_the_view(
                 {"role": "assistant", "reasoning_content": "Hmm."},
             ],
         },
-    }[dialect]
+    }
+    encoded = bodies[dialect]
     req = get_dialect(dialect).parse_chat(route, json.dumps(encoded).encode())
     assert req.conversation is not None
     assert req.conversation["messages"][-1]["parts"] == [

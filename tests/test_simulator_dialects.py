@@ -10,8 +10,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +36,12 @@ TEXT = "Alpha beta gamma delta epsilon zeta."
 WORDS = ["Alpha", " beta", " gamma", " delta", " epsilon", " zeta."]
 THINK = "Weigh it up."
 DIALECTS = ["openai", "openrouter", "anthropic", "bedrock", "gemini", "copilot"]
+# Building a TLS context costs ~50 ms per client; these are plain-HTTP loopback clients, so share one.
+TLS = httpx.create_ssl_context()
+
+
+def http(**kw: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=TLS, timeout=kw.pop("timeout", 5.0), **kw)
 
 
 @dataclass
@@ -376,11 +382,13 @@ class Conn:
 
 @asynccontextmanager
 async def connect(dialect: str, **options: Any) -> AsyncIterator[Conn]:
-    async with open_simulator(dialect=dialect, text=TEXT, **options) as sim:
-        async with httpx.AsyncClient(base_url=sim.base_url, timeout=5.0) as client:
-            wire = WIRES[dialect](sim)
-            await wire.prepare(client)
-            yield Conn(sim, client, wire)
+    async with (
+        open_simulator(dialect=dialect, text=TEXT, **options) as sim,
+        http(base_url=sim.base_url) as client,
+    ):
+        wire = WIRES[dialect](sim)
+        await wire.prepare(client)
+        yield Conn(sim, client, wire)
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -520,27 +528,28 @@ async def test_reset_after_two_pieces(dialect: str) -> None:
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_stall_before_delays_the_headers(dialect: str) -> None:
     async with connect(dialect) as c:
-        c.sim.push_fault(Fault(kind="stall_before", seconds=0.15))
+        c.sim.push_fault(Fault(kind="stall_before", seconds=0.1))
         s = await c.stream()
-    assert s.headers_at >= 0.15
+    assert s.headers_at >= 0.1
     assert s.parsed.texts == WORDS and s.parsed.finished
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_stall_after_goes_silent_mid_stream(dialect: str) -> None:
     async with connect(dialect) as c:
-        c.sim.push_fault(Fault(kind="stall_after", after_chunks=2, seconds=0.15))
+        c.sim.push_fault(Fault(kind="stall_after", after_chunks=2, seconds=0.1))
         s = await c.stream()
-    assert s.text_at[1] < 0.1 and s.text_at[2] - s.text_at[1] >= 0.12
+    gaps = [later - earlier for earlier, later in zip(s.text_at, s.text_at[1:], strict=False)]
+    assert gaps[1] >= 0.09 and gaps[1] == max(gaps)  # the silence falls after the second piece
     assert s.parsed.texts == WORDS and s.parsed.finished
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_slow_first_token_sends_headers_at_once(dialect: str) -> None:
     async with connect(dialect) as c:
-        c.sim.push_fault(Fault(kind="slow_first_token", seconds=0.2))
+        c.sim.push_fault(Fault(kind="slow_first_token", seconds=0.12))
         s = await c.stream()
-    assert s.headers_at < 0.1 and s.text_at[0] >= 0.2
+    assert s.text_at[0] >= 0.12 and s.text_at[0] - s.headers_at >= 0.1
     assert s.parsed.texts == WORDS and s.parsed.finished
 
 
@@ -650,7 +659,7 @@ async def test_anthropic_sdk_streams_thinking_then_text() -> None:
                     model="claude-x", max_tokens=1000, messages=[{"role": "user", "content": "hi"}]
                 ) as stream,
             ):
-                kinds = [e.type for e in stream]
+                kinds: list[str] = [e.type for e in stream]
                 return stream.get_final_message(), kinds
 
         message, kinds = await in_thread(go)
@@ -775,11 +784,13 @@ async def test_anthropic_sdk_raises_a_generic_status_error_on_an_inband_error() 
 
         def go() -> tuple[list[str], anthropic.APIStatusError]:
             got: list[str] = []
-            with anthropic_client(sim) as client, pytest.raises(anthropic.APIStatusError) as info:
-                with client.messages.stream(
-                    model="sim-model", max_tokens=99, messages=[{"role": "user", "content": "x"}]
-                ) as stream:
-                    got.extend(stream.text_stream)
+            messages: list[Any] = [{"role": "user", "content": "x"}]
+            with (
+                anthropic_client(sim) as client,
+                pytest.raises(anthropic.APIStatusError) as info,
+                client.messages.stream(model="sim-model", max_tokens=99, messages=messages) as stream,
+            ):
+                got.extend(stream.text_stream)
             return got, info.value
 
         got, err = await in_thread(go)
@@ -801,7 +812,7 @@ async def test_anthropic_sdk_lists_models_across_pages() -> None:
                 return [m.id for m in client.models.list(limit=2)]
 
         ids = await in_thread(go)
-        async with httpx.AsyncClient(base_url=sim.base_url, headers=AnthropicWire(sim).headers()) as c:
+        async with http(base_url=sim.base_url, headers=AnthropicWire(sim).headers()) as c:
             first = (await c.get("/v1/models", params={"limit": 2})).json()
             last = (await c.get("/v1/models", params={"limit": 2, "after_id": "m4"})).json()
             back = (await c.get("/v1/models", params={"limit": 2, "before_id": "m3"})).json()
@@ -827,7 +838,7 @@ async def test_anthropic_requires_key_and_version(
 ) -> None:
     async with (
         open_simulator(dialect="anthropic", api_key="right") as sim,
-        httpx.AsyncClient(base_url=sim.base_url) as c,
+        http(base_url=sim.base_url) as c,
     ):
         body = {"model": "sim-model", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
         r = await c.post("/v1/messages", json=body, headers=headers)
@@ -849,9 +860,15 @@ async def test_anthropic_stream_pings_while_the_first_token_is_slow() -> None:
 
 # Bedrock, through botocore's own client (SigV4, event-stream parsing, errors)
 
+MODEL = "anthropic.claude-x-v1:0"
+USER = [{"role": "user", "content": [{"text": "weather?"}]}]
+TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]}
 
-def boto_client(sim: Simulator, service: str = "bedrock-runtime", secret: str = "SECRET") -> Any:
-    return botocore.session.get_session().create_client(
+
+@contextmanager
+def boto_client(sim: Simulator, service: str = "bedrock-runtime", secret: str = "SECRET") -> Iterator[Any]:
+    """botocore's own client for `service`, pointed at the simulator, closed on exit."""
+    client = botocore.session.get_session().create_client(
         service,
         region_name="us-east-1",
         endpoint_url=sim.base_url,
@@ -859,11 +876,14 @@ def boto_client(sim: Simulator, service: str = "bedrock-runtime", secret: str = 
         aws_secret_access_key=secret,
         config=botocore.config.Config(retries={"total_max_attempts": 1}),
     )
+    with closing(client):
+        yield client
 
 
-MODEL = "anthropic.claude-x-v1:0"
-USER = [{"role": "user", "content": [{"text": "weather?"}]}]
-TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]}
+def events(client: Any, model: str = MODEL, **kw: Any) -> Iterator[dict[str, Any]]:
+    """ConverseStream events; the stream is closed even when parsing it fails."""
+    with closing(client.converse_stream(modelId=model, messages=USER, **kw)["stream"]) as stream:
+        yield from stream
 
 
 async def test_botocore_client_streams_through_a_verified_signature() -> None:
@@ -872,10 +892,10 @@ async def test_botocore_client_streams_through_a_verified_signature() -> None:
     ) as sim:
 
         def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            client = boto_client(sim)
-            text = client.converse_stream(modelId=f"us.{MODEL}", messages=USER)
-            tool = client.converse_stream(modelId=f"global.{MODEL}", messages=USER, toolConfig=TOOLS)
-            return list(text["stream"]), list(tool["stream"])
+            with boto_client(sim) as client:
+                return list(events(client, f"us.{MODEL}")), list(
+                    events(client, f"global.{MODEL}", toolConfig=TOOLS)
+                )
 
         text_events, tool_events = await in_thread(go)
     assert [next(iter(e)) for e in text_events[:1] + text_events[-2:]] == [
@@ -905,9 +925,10 @@ async def test_botocore_converse_and_a_wrong_secret() -> None:
     async with open_simulator(dialect="bedrock", models=[MODEL], text=TEXT, aws_secret="SECRET") as sim:
 
         def go() -> tuple[dict[str, Any], botocore.exceptions.ClientError]:
-            answer = boto_client(sim).converse(modelId=MODEL, messages=USER)
-            with pytest.raises(botocore.exceptions.ClientError) as info:
-                boto_client(sim, secret="WRONG").converse(modelId=MODEL, messages=USER)
+            with boto_client(sim) as client, boto_client(sim, secret="WRONG") as wrong:
+                answer = client.converse(modelId=MODEL, messages=USER)
+                with pytest.raises(botocore.exceptions.ClientError) as info:
+                    wrong.converse(modelId=MODEL, messages=USER)
             return answer, info.value
 
         answer, err = await in_thread(go)
@@ -927,8 +948,8 @@ async def test_botocore_raises_the_exception_frame(code: str, expected: str) -> 
 
         def go() -> tuple[list[str], botocore.exceptions.EventStreamError]:
             got: list[str] = []
-            with pytest.raises(botocore.exceptions.EventStreamError) as info:
-                for event in boto_client(sim).converse_stream(modelId=MODEL, messages=USER)["stream"]:
+            with boto_client(sim) as client, pytest.raises(botocore.exceptions.EventStreamError) as info:
+                for event in events(client):
                     got.append(event.get("contentBlockDelta", {}).get("delta", {}).get("text", ""))
             return got, info.value
 
@@ -942,7 +963,8 @@ async def test_botocore_rejects_the_malformed_frame() -> None:
         sim.push_fault(Fault(kind="malformed_after", after_chunks=1))
 
         def go() -> None:
-            list(boto_client(sim).converse_stream(modelId=MODEL, messages=USER)["stream"])
+            with boto_client(sim) as client:
+                list(events(client))
 
         with pytest.raises(ChecksumMismatch):
             await in_thread(go)
@@ -953,11 +975,12 @@ async def test_botocore_reads_http_errors_by_x_amzn_errortype() -> None:
         sim.push_fault(Fault(kind="status", status=429, code="ModelNotReadyException", message="warming up"))
 
         def go() -> list[botocore.exceptions.ClientError]:
-            client, errors = boto_client(sim), []
-            for model in (MODEL, "anthropic.unknown-v1:0"):
-                with pytest.raises(botocore.exceptions.ClientError) as info:
-                    client.converse(modelId=model, messages=USER)
-                errors.append(info.value)
+            errors = []
+            with boto_client(sim) as client:
+                for model in (MODEL, "anthropic.unknown-v1:0"):
+                    with pytest.raises(botocore.exceptions.ClientError) as info:
+                        client.converse(modelId=model, messages=USER)
+                    errors.append(info.value)
             return errors
 
         not_ready, unknown = await in_thread(go)
@@ -968,7 +991,7 @@ async def test_botocore_reads_http_errors_by_x_amzn_errortype() -> None:
 async def test_sigv4_signed_by_botocore_is_accepted_and_a_tampered_one_gets_403() -> None:
     async with (
         open_simulator(dialect="bedrock", text=TEXT, aws_secret="SECRET") as sim,
-        httpx.AsyncClient() as c,
+        http() as c,
     ):
         url = f"{sim.base_url}/model/sim-model/converse"
         body = json.dumps({"messages": USER}).encode()
@@ -995,7 +1018,7 @@ async def test_sigv4_signed_by_botocore_is_accepted_and_a_tampered_one_gets_403(
 async def test_bedrock_authorization_forms(auth: str | None, status: int, error_type: str | None) -> None:
     async with (
         open_simulator(dialect="bedrock", api_key="right") as sim,
-        httpx.AsyncClient(base_url=sim.base_url) as c,
+        http(base_url=sim.base_url) as c,
     ):
         headers = {"authorization": auth} if auth else {}
         r = await c.post("/model/sim-model/converse", json={"messages": USER}, headers=headers)
@@ -1009,9 +1032,11 @@ async def test_bedrock_control_plane_lists_models_and_pages_profiles() -> None:
     async with open_simulator(dialect="bedrock", models=[MODEL, "amazon.nova-pro-v1:0"]) as sim:
 
         def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            client = boto_client(sim, service="bedrock")
-            pages = client.get_paginator("list_inference_profiles").paginate(PaginationConfig={"PageSize": 4})
-            return client.list_foundation_models(), list(pages)
+            with boto_client(sim, service="bedrock") as client:
+                pages = client.get_paginator("list_inference_profiles").paginate(
+                    PaginationConfig={"PageSize": 4}
+                )
+                return client.list_foundation_models(), list(pages)
 
         models, pages = await in_thread(go)
     assert [m["modelId"] for m in models["modelSummaries"]] == [MODEL, "amazon.nova-pro-v1:0"]
@@ -1097,7 +1122,7 @@ async def test_gemini_api_key_in_header_or_query(
 ) -> None:
     async with (
         open_simulator(dialect="gemini", api_key="right") as sim,
-        httpx.AsyncClient(base_url=sim.base_url) as c,
+        http(base_url=sim.base_url) as c,
     ):
         r = await c.post(
             f"/models/sim-model:generateContent{query}",
@@ -1112,7 +1137,7 @@ async def test_gemini_api_key_in_header_or_query(
 async def test_gemini_lists_models_with_page_tokens() -> None:
     async with (
         open_simulator(dialect="gemini", models=["g1", "g2", "g3"]) as sim,
-        httpx.AsyncClient(base_url=sim.base_url, headers={"x-goog-api-key": "k"}) as c,
+        http(base_url=sim.base_url, headers={"x-goog-api-key": "k"}) as c,
     ):
         first = (await c.get("/models", params={"pageSize": 2})).json()
         rest = (await c.get("/models", params={"pageSize": 2, "pageToken": first["nextPageToken"]})).json()
@@ -1130,7 +1155,7 @@ async def test_gemini_lists_models_with_page_tokens() -> None:
 async def test_device_flow_answers_as_github_does() -> None:
     async with (
         open_simulator(dialect="copilot", copilot_poll_interval=1) as sim,
-        httpx.AsyncClient(base_url=sim.base_url, headers={"accept": "application/json"}) as c,
+        http(base_url=sim.base_url, headers={"accept": "application/json"}) as c,
     ):
         code = (
             await c.post(
@@ -1160,7 +1185,7 @@ async def test_device_flow_answers_as_github_does() -> None:
 async def test_copilot_token_exchange_shape_and_github_auth_errors() -> None:
     async with (
         open_simulator(dialect="copilot", api_key="gho_right") as sim,
-        httpx.AsyncClient(base_url=sim.base_url) as c,
+        http(base_url=sim.base_url) as c,
     ):
         missing = await c.get("/copilot_internal/v2/token")
         wrong = await c.get("/copilot_internal/v2/token", headers={"authorization": "token gho_wrong"})
@@ -1176,6 +1201,7 @@ async def test_copilot_token_exchange_shape_and_github_auth_errors() -> None:
 
 async def test_copilot_token_expiry_means_401_until_exchanged_again() -> None:
     async with connect("copilot", copilot_token_ttl=0.3) as c:
+        assert isinstance(c.wire, CopilotWire)
         fresh = await c.post()
         await trio.sleep(0.35)
         expired = await c.post()
@@ -1207,13 +1233,15 @@ async def test_copilot_requires_the_editor_headers(missing: str, name: str) -> N
 
 async def test_copilot_models_shape_and_openai_sdk_chat() -> None:
     async with connect("copilot", models=["claude-sonnet-4", "gpt-4.1"]) as c:
+        assert isinstance(c.wire, CopilotWire)
+        wire = c.wire
         models = (await c.client.get("/models", headers=c.wire.headers())).json()["data"]
 
         def go() -> str:
             headers = {k: v for k, v in c.wire.headers().items() if k != "authorization"}
             with openai.OpenAI(
                 base_url=c.sim.base_url,
-                api_key=c.wire.token,
+                api_key=wire.token,
                 default_headers=headers,
                 max_retries=0,
                 timeout=5.0,
@@ -1277,7 +1305,7 @@ async def test_command_line_serves_bedrock_with_signature_checks() -> None:
             while not line.endswith(b"\n"):
                 line += await proc.stdout.receive_some()
             info = json.loads(line)
-            async with httpx.AsyncClient(base_url=info["base_url"]) as c:
+            async with http(base_url=info["base_url"]) as c:
                 r = await c.post(
                     "/model/sim-model/converse",
                     json={"messages": USER},

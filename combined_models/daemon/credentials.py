@@ -45,6 +45,7 @@ class StaticCredentials:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
+        self.region = endpoint.region
 
     async def endpoint(self, client: httpx.AsyncClient) -> Endpoint:
         return self._endpoint

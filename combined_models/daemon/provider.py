@@ -48,6 +48,7 @@ class ProviderActor:
         self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
         self._client: httpx.AsyncClient | None = None
         credentials, self.key_source, no_credentials = resolve_credentials(provider)
+        self.region = getattr(credentials, "region", None)
         self.credentials: Credentials = credentials or StaticCredentials(Endpoint(base_url=provider.base_url))
         # counters, for status
         self.in_flight = 0

@@ -8,6 +8,11 @@ trio + h11::
         sim.push_fault(Fault(kind="reset_after", after_chunks=2))
         ...  # point a client at sim.base_url
 
+Dialects ("openai", "openrouter", "anthropic", "bedrock", "gemini", "copilot") each
+render the same answers and the same fault scripts in their own bytes; `sim.base_url`
+is what that vendor's SDK takes as its base. Each chat request is recorded with a
+dialect-neutral view of its conversation (`RecordedRequest.conversation`).
+
 The same server runs as a process with `python -m combined_models.simulator`,
 scriptable over HTTP at `/_sim/faults`, `/_sim/stats` and `/_sim/requests`.
 """

@@ -142,6 +142,7 @@ class Simulator:
         self._faults = FaultQueue()
         self._created = int(time.time())
         self._completed = 0
+        self._other_requests = 0
         self._disconnects = 0
         self._open_connections = 0
         self._disconnected = trio.Event()  # replaced after every disconnect
@@ -161,6 +162,12 @@ class Simulator:
     def push_fault(self, fault: Fault) -> None:
         """Queue `fault` for the next chat requests, after the faults already queued."""
         self._faults.push(fault)
+
+    def expire_tokens(self) -> None:
+        """Copilot: every short-lived token issued so far expires now (to test refreshing)."""
+        expire = getattr(self.dialect, "expire_tokens", None)
+        if expire is not None:
+            expire()
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -239,7 +246,8 @@ class Simulator:
         if route is not None and route.kind == "chat":
             request_id = f"req_{self.name}_{len(self.requests) + 1}"
         else:
-            request_id = f"req_{self.name}_x{sum(self.endpoint_requests.values()) + 1}"
+            self._other_requests += 1
+            request_id = f"req_{self.name}_x{self._other_requests}"
         req = HttpRequest(
             method=method,
             target=target,

@@ -9,6 +9,7 @@ a failure before any output is still a proper HTTP error with a status code.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,6 @@ from ...chat import (
 )
 
 PROVIDER_HEADER = "x-combined-models-provider"
-MODEL_HEADER = "x-combined-models-model"
 
 # The error kinds of the contract -> HTTP status before any output.
 STATUS_BY_KIND: dict[str, int] = {
@@ -40,7 +40,6 @@ STATUS_BY_KIND: dict[str, int] = {
     "all_providers_failed": 502,
     "truncated": 502,
     "shutting_down": 503,
-    "cancelled": 499,  # never seen by anyone: the client is gone
     "internal": 500,
 }
 
@@ -144,7 +143,7 @@ def json_reply(status: int, obj: Any, headers: list[tuple[str, str]] | None = No
     return [Head(status, [JSON_TYPE, ("content-length", str(len(body))), *(headers or [])]), body]
 
 
-class Responder:
+class Responder(ABC):
     """Stream events in, HTTP output out. `finished` turns True with the last bytes of the body."""
 
     def __init__(self, response_id: str) -> None:
@@ -154,12 +153,12 @@ class Responder:
         self.provider = ""
         self.model = ""
 
-    def feed(self, event: StreamEvent) -> list[Out]:
-        raise NotImplementedError
+    @abstractmethod
+    def feed(self, event: StreamEvent) -> list[Out]: ...
 
+    @abstractmethod
     def error_reply(self, event: ErrorEvent) -> list[Out]:
         """The whole error response before any output: the dialect's body and the kind's status."""
-        raise NotImplementedError
 
 
 class StreamResponder(Responder):
@@ -210,23 +209,23 @@ class StreamResponder(Responder):
         return [b for b in out if b != b""]
 
     # The dialect's encoding of each step.
-    def start(self) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> bytes: ...
 
-    def text(self, event: TextEvent) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def text(self, event: TextEvent) -> bytes: ...
 
-    def thinking(self, event: ThinkingEvent) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def thinking(self, event: ThinkingEvent) -> bytes: ...
 
-    def tool_call(self, event: ToolCallEvent) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def tool_call(self, event: ToolCallEvent) -> bytes: ...
 
-    def done(self, event: DoneEvent) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def done(self, event: DoneEvent) -> bytes: ...
 
-    def inband_error(self, event: ErrorEvent) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def inband_error(self, event: ErrorEvent) -> bytes: ...
 
 
 @dataclass
@@ -287,8 +286,8 @@ class UnaryResponder(Responder):
     def calls(self) -> list[ToolCallEvent]:
         return [b.call for b in self.blocks if b.call is not None]
 
-    def body(self, done: DoneEvent) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def body(self, done: DoneEvent) -> dict[str, Any]: ...
 
 
 def usage_total(u: Usage) -> int:

@@ -214,7 +214,7 @@ class BedrockDialect(Dialect):
         return None
 
     def model_known(self, model: str, models: Sequence[str]) -> bool:
-        return model in models or base_model(model) in models
+        return base_model(model) in {base_model(m) for m in models}  # any geography of a listed model
 
     def parse_chat(self, route: Route, body: bytes) -> ChatRequest:
         b: _Body = decode_json(body or b"{}", _Body)

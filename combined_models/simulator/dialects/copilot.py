@@ -66,6 +66,10 @@ class CopilotDialect(OpenAIDialect):
         self._device_codes: dict[str, int] = {}  # device code -> polls so far
         self._issued = 0
 
+    def expire_tokens(self) -> None:
+        for token in self._tokens:
+            self._tokens[token] = 0.0
+
     def route(self, method: str, path: str, query: Mapping[str, str]) -> Route | None:
         match method, path:
             case "POST", "/chat/completions":

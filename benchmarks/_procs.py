@@ -1,0 +1,129 @@
+"""The processes a benchmark measures: a simulated provider and a daemon, each in its own process.
+
+Each runs with private XDG dirs under a temp dir, so nothing touches the user's
+config, state or running daemon. Only the processes started here are stopped here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL = "bench-model"
+TEXT = (
+    "Failover keeps every request alive: when one provider breaks, the same request continues on the "
+    "next one, and the caller receives one complete answer with nothing lost and nothing repeated."
+)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    http: str  # host:port
+    token: str
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon process so far (from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current, peak) resident set size in MB."""
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        )
+        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(root))
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+        d = root / var.lower()
+        d.mkdir(mode=0o700, exist_ok=True)
+        env[var] = str(d)
+    for var in ("COMBINED_MODELS_SOCKET", "COMBINED_MODELS_CONFIG", "http_proxy", "https_proxy", "all_proxy"):
+        env.pop(var, None)
+        env.pop(var.upper(), None)
+    return env
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def simulator(root: Path, *, chunk_delay: float = 0.0) -> Iterator[str]:
+    """A simulated OpenAI-dialect provider in its own process; yields its base URL."""
+    cmd = [sys.executable, "-m", "combined_models.simulator", "--models", MODEL, "--text", TEXT]
+    cmd += ["--chunk-delay", str(chunk_delay)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(root))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator exited before listening")
+        yield str(json.loads(line)["base_url"])
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
+    """`cmctl serve` in its own process: two providers on the same upstream, one combined model."""
+    from combined_models.client.sync import Client, DaemonUnavailable
+
+    lines = ['provider_priority = ["a", "b"]', "[http]", 'listen = "127.0.0.1:0"']
+    for pid in ("a", "b"):
+        lines += [f"[providers.{pid}]", 'api = "openai"', f'base_url = "{upstream}"', 'api_key = "sk-bench"']
+        lines += [f'models = ["{MODEL}"]']
+    config = root / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    sock = Path(tempfile.mkdtemp(prefix="cmb-")) / "d.sock"
+    env = _env(root)
+    cmd = [sys.executable, "-m", "combined_models.client.cli", "serve", "--config", str(config)]
+    log = (root / "daemon.log").open("wb")
+    proc = subprocess.Popen([*cmd, "--socket", str(sock)], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited: {(root / 'daemon.log').read_text()[-500:]}")
+            try:
+                with Client(sock, timeout=5) as c:
+                    http = c.status().daemon.http
+                break
+            except DaemonUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        token = (Path(env["XDG_STATE_HOME"]) / "combined-models" / "http-token").read_text().strip()
+        yield Daemon(proc, sock, http, token)
+    finally:
+        _stop(proc)
+        log.close()
+        sock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            sock.parent.rmdir()
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="cm-bench-") as d:
+        yield Path(d)
