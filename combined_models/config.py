@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -108,6 +108,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     combined: dict[str, CombinedConfig] = msgspec.field(default_factory=dict)
     exclude: list[str] = msgspec.field(default_factory=list)
     discovery_interval: float = 3600.0  # seconds between model listings (providers without `models`)
+    # "models.dev": fetch the public models.dev catalog (daily, cached) for context windows, prices and
+    # capabilities of members; "off" (the default): nothing is fetched.
+    metadata: Literal["off", "models.dev"] = "off"
+    metadata_url: str = "https://models.dev/api.json"
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 

@@ -52,7 +52,20 @@ class Shutdown(msgspec.Struct, tag="shutdown", tag_field="type", kw_only=True):
     id: int
 
 
-ClientFrame = Hello | Chat | Cancel | StatusQuery | ModelsQuery | Shutdown
+class Reload(msgspec.Struct, tag="reload", tag_field="type", kw_only=True):
+    """List every provider's models again now; answered with `models_reply` once done."""
+
+    id: int
+
+
+class ExplainQuery(msgspec.Struct, tag="explain", tag_field="type", kw_only=True):
+    """Why the members of combined model `model` were grouped; answered with `explain_reply`."""
+
+    id: int
+    model: str
+
+
+ClientFrame = Hello | Chat | Cancel | StatusQuery | ModelsQuery | Shutdown | Reload | ExplainQuery
 
 
 # ------------------------------------------------------------------ daemon → client
@@ -111,9 +124,13 @@ class StatusInfo(msgspec.Struct, kw_only=True):
     providers: list[ProviderStatus]
 
 
-class Member(msgspec.Struct, kw_only=True):
+class Member(msgspec.Struct, kw_only=True, omit_defaults=True):
     provider: str
     model: str
+    # From the optional models.dev metadata, when the config turns it on and it knows the model.
+    context_window: int | None = None
+    input_cost: float | None = None  # USD per million tokens
+    output_cost: float | None = None
 
 
 class CombinedModel(msgspec.Struct, kw_only=True):
@@ -140,6 +157,11 @@ class Ok(msgspec.Struct, tag="ok", tag_field="type", kw_only=True):
     id: int
 
 
+class ExplainReply(msgspec.Struct, tag="explain_reply", tag_field="type", kw_only=True):
+    id: int
+    lines: list[str]
+
+
 class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     """A failed request (`id` > 0) or a broken connection (`id` 0: the daemon closes it next)."""
 
@@ -150,7 +172,7 @@ class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     retry_after_s: float | None = None
 
 
-ServerFrame = Welcome | Event | StatusReply | ModelsReply | Ok | Error
+ServerFrame = Welcome | Event | StatusReply | ModelsReply | ExplainReply | Ok | Error
 
 
 # ------------------------------------------------------------------ codec

@@ -243,3 +243,53 @@ def test_cmctl_imports_stay_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_models_explain_and_reload(short_dir: Path) -> None:
+    async with sims_running() as sims:
+        sock = short_dir / "d.sock"
+        async with daemon(write_config(short_dir / "c.toml", sims), sock):
+            r = await cmctl("models", "--explain", MODEL, "--socket", str(sock))
+            assert r.returncode == 0, r.stderr
+            out = r.stdout.decode()
+            assert f"first/{MODEL}" in out and f"second/{MODEL}" in out and "provider_priority" in out
+            r = await cmctl("models", "--explain", "nope", "--socket", str(sock))
+            assert r.returncode == 1 and b"no combined model" in r.stderr
+            r = await cmctl("reload", "--socket", str(sock))
+            assert r.returncode == 0 and MODEL.encode() in r.stdout
+
+
+async def test_login_github_copilot_runs_the_device_flow_and_the_daemon_uses_the_token(
+    short_dir: Path,
+) -> None:
+    import stat as stat_mod
+
+    from combined_models.client.login import login_github_copilot
+    from combined_models.daemon.credentials import copilot_token_path
+
+    said: list[str] = []
+    async with trio.open_nursery() as nursery:
+        sim = Simulator(dialect="copilot", models=["claude-sonnet-4.5"], text=ANSWER, copilot_poll_interval=1)
+        await nursery.start(sim.run)
+        code = await trio.to_thread.run_sync(
+            lambda: login_github_copilot(sim.origin, sim.origin, sleep=lambda s: None, say=said.append)
+        )
+        assert code == 0, said
+        assert any("enter the code" in s for s in said)
+        path = copilot_token_path()
+        assert stat_mod.S_IMODE(path.stat().st_mode) == 0o600
+        assert json.loads(path.read_text())["oauth_token"]
+
+        cfg = short_dir / "c.toml"
+        cfg.write_text(
+            f'[providers.github-copilot]\nbase_url = "{sim.origin}"\nauth_url = "{sim.origin}"\n'
+            "[http]\nenabled = false\n"
+        )
+        sock = short_dir / "d.sock"
+        async with daemon(cfg, sock):
+            r = await cmctl("chat", "github-copilot/claude-sonnet-4.5", "hi", "--socket", str(sock))
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.decode().strip() == ANSWER
+            st = json.loads((await cmctl("status", "--json", "--socket", str(sock))).stdout)
+            assert st["providers"][0]["key_source"] == "cmctl login"
+        nursery.cancel_scope.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -141,3 +142,62 @@ async def test_the_daemon_starts_from_cache_with_every_provider_unreachable(shor
     with trio.fail_after(5):
         async with daemon(dead, sock) as server, open_client(server.socket_path) as c:
             assert [m.id for m in (await c.models()).models] == ["model-one"]
+
+
+@asynccontextmanager
+async def serve_bytes(body: bytes) -> AsyncIterator[str]:
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            await stream.send_all(head.encode() + b"connection: close\r\n\r\n" + body)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        yield f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/api.json"
+        nursery.cancel_scope.cancel()
+
+
+async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Path) -> None:
+    meta = json.dumps(
+        {
+            "anthropic": {
+                "models": {
+                    "claude-sonnet-4-5-20250929": {
+                        "limit": {"context": 200000, "output": 64000},
+                        "cost": {"input": 3, "output": 15},
+                    }
+                }
+            },
+            "openrouter": {"models": {"anthropic/claude-sonnet-4.5": {"limit": {"context": 1000}}}},
+        }
+    ).encode()
+    ids = {"anthropic": "claude-sonnet-4-5-20250929", "openrouter": "anthropic/claude-sonnet-4.5"}
+    async with sims({pid: [mid] for pid, mid in ids.items()}) as ss, serve_bytes(meta) as url:
+        toml = discovering_config({pid: sim.base_url for pid, sim in ss.items()})
+        toml = f'metadata = "models.dev"\nmetadata_url = "{url}"\n' + toml
+        async with daemon(toml, short_dir / "d.sock") as server, open_client(server.socket_path) as c:
+            with trio.fail_after(5):
+                while (  # noqa: ASYNC110 (polls the daemon over its socket)
+                    not (await c.models()).models
+                    or (await c.models()).models[0].members[0].context_window is None
+                ):
+                    await trio.sleep(0.02)
+            members = {m.provider: m for m in (await c.models()).models[0].members}
+            assert (members["anthropic"].context_window, members["anthropic"].input_cost) == (200000, 3.0)
+            assert members["openrouter"].context_window == 1000
+            # the metadata feeds failover: a prompt longer than openrouter's known window skips it
+            server.supervisor.actors["anthropic"].health.disable("test")
+            events = [e async for e in c.chat("claude-sonnet-4-5", "word " * 2000)]
+            assert events[-1].kind == "bad_request"  # type: ignore[union-attr]
+            assert "window" in events[-1].message  # type: ignore[union-attr]
+
+
+async def test_metadata_unreachable_changes_nothing(short_dir: Path) -> None:
+    async with sims({"a": ["model-one"], "b": ["model-one"]}) as ss:
+        toml = 'metadata = "models.dev"\nmetadata_url = "http://127.0.0.1:9/api.json"\n'
+        toml += discovering_config({pid: sim.base_url for pid, sim in ss.items()})
+        async with daemon(toml, short_dir / "d.sock") as server, open_client(server.socket_path) as c:
+            members = (await c.models()).models[0].members
+            assert [m.context_window for m in members] == [None, None]
+            assert [e async for e in c.chat("model-one", "hi")][-1].provider == "a"  # type: ignore[union-attr]

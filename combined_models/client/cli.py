@@ -29,7 +29,7 @@ from ..chat import (
 )
 from ..paths import ENV_CONFIG, ENV_SOCKET, config_file, log_dir, socket_path
 from ..protocol import ModelsInfo, StatusInfo
-from .sync import Client, ConnectionClosed, DaemonUnavailable
+from .sync import Client, ConnectionClosed, DaemonUnavailable, RequestFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 START_TIMEOUT = 20.0
@@ -218,6 +218,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.explain:
+        with Client(_socket(args), timeout=10) as c:
+            try:
+                lines = c.explain(args.explain)
+            except RequestFailed as e:
+                _err(e.error.message)
+                return EXIT_FAILED
+        if args.json:
+            sys.stdout.buffer.write(msgspec.json.encode({"id": args.explain, "explain": lines}) + b"\n")
+        else:
+            print("\n".join(lines))
+        return EXIT_OK
     with Client(_socket(args), timeout=10) as c:
         info = c.models()
     if args.json:
@@ -268,6 +280,26 @@ def _human(event: StreamEvent, out: dict[str, bool]) -> None:
         err.write(f"cmctl: {event.kind}: {event.message}\n")
         for a in event.attempts:
             err.write(f"  {a.provider}{'/' + a.model if a.model else ''}: {a.error}\n")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    with Client(_socket(args), timeout=120) as c:
+        info = c.reload()
+        status = c.status()
+    for p in status.providers:
+        if p.catalog_error:
+            _err(f"{p.id}: {p.catalog_error} (serving its {p.catalog} list)")
+    print(render_models(info))
+    return EXIT_OK
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from .login import login_github_copilot
+
+    if args.provider != "github-copilot":
+        raise UsageError(f"no login flow for {args.provider!r} (only github-copilot)")
+    kwargs = {k: v for k, v in (("github_url", args.github_url), ("api_url", args.api_url)) if v}
+    return login_github_copilot(**kwargs)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -397,7 +429,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = add("models", "combined models and their members in priority order")
     p.add_argument("--json", action="store_true", help="print the models as one JSON object")
+    p.add_argument("--explain", metavar="ID", help="why the members of combined model ID were grouped")
     p.set_defaults(func=cmd_models)
+    p = add(
+        "reload",
+        "list every provider's models again now",
+        "Ask the daemon to list every provider's models again (providers with a `models` list in the "
+        "config are not asked) and print the combined models. A provider whose listing fails keeps "
+        "serving its last good list.",
+    )
+    p.set_defaults(func=cmd_reload)
+    p = add(
+        "login",
+        "log in to a provider that needs an interactive login (github-copilot)",
+        "Run GitHub's device flow for Copilot: open the URL shown, enter the code, and the token is "
+        "stored (0600) in the config dir for the daemon. Restart the daemon afterwards.",
+    )
+    p.add_argument("provider", metavar="PROVIDER", choices=["github-copilot"], help="github-copilot")
+    p.add_argument("--github-url", help="GitHub (Enterprise) base URL (default https://github.com)")
+    p.add_argument("--api-url", help="GitHub API base URL (default https://api.github.com)")
+    p.set_defaults(func=cmd_login)
     p = add(
         "chat",
         "stream one answer from a model",

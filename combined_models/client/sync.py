@@ -23,12 +23,15 @@ from ..protocol import (
     ClientFrame,
     Error,
     Event,
+    ExplainQuery,
+    ExplainReply,
     FrameDecoder,
     Hello,
     ModelsInfo,
     ModelsQuery,
     ModelsReply,
     Ok,
+    Reload,
     ServerFrame,
     Shutdown,
     StatusInfo,
@@ -165,6 +168,26 @@ class Client:
         if not isinstance(frame, ModelsReply):
             raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
         return frame.models
+
+    def reload(self) -> ModelsInfo:
+        """List every provider's models again now; returns the combined models after."""
+        rid = next(self._ids)
+        self._send(Reload(id=rid))
+        frame = self._reply(rid)
+        if not isinstance(frame, ModelsReply):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+        return frame.models
+
+    def explain(self, model: str) -> list[str]:
+        """Why the members of a combined model were grouped. Raises RequestFailed for an unknown id."""
+        rid = next(self._ids)
+        self._send(ExplainQuery(id=rid, model=model))
+        frame = self._reply(rid)
+        if isinstance(frame, Error):
+            raise RequestFailed(error_event(frame))
+        if not isinstance(frame, ExplainReply):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+        return frame.lines
 
     def shutdown(self) -> None:
         rid = next(self._ids)

@@ -19,6 +19,7 @@ import trio
 from ..capabilities import Capabilities, default_capabilities, with_overrides
 from ..chat import ChatRequest, DecodedItem, Finished
 from ..config import FailoverConfig, ResolvedProvider
+from ..metadata import ModelInfo
 from ..protocol import ModelHealth, ProviderStatus
 from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
@@ -41,6 +42,7 @@ class ProviderActor:
         self.dialect: Dialect | None = dialect_for(provider.api)
         self.health = HealthBook()
         self.offered: list[str] = list(provider.models or ())
+        self.metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
         # Where `offered` came from: "static" (config), "live" (listed now), "cached" (an earlier listing), "none".
         self.catalog_source = "static" if provider.models is not None else "none"
         self.catalog_error: str | None = None
@@ -80,10 +82,20 @@ class ProviderActor:
                 self._client = None
 
     def capabilities(self, model: str) -> Capabilities:
+        """What `model` here can do: documented defaults, then models.dev metadata, then the config."""
         c = self.provider.config
         caps = default_capabilities(
             self.provider.api, model, flavour=str(self.provider.options.get("flavour", ""))
         )
+        info = self.metadata.get(model)
+        if info is not None:
+            caps = with_overrides(
+                caps,
+                context_window=info.context_window,
+                images=info.images,
+                tools=info.tools,
+                thinking=info.reasoning,
+            )
         return with_overrides(
             caps,
             prefill=c.prefill,

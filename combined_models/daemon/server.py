@@ -31,12 +31,15 @@ from ..protocol import (
     ClientFrame,
     Error,
     Event,
+    ExplainQuery,
+    ExplainReply,
     FrameDecoder,
     FrameTooLarge,
     Hello,
     ModelsQuery,
     ModelsReply,
     Ok,
+    Reload,
     ServerFrame,
     Shutdown,
     StatusInfo,
@@ -154,8 +157,23 @@ class Connection:
         elif isinstance(frame, Shutdown):
             await self.send(Ok(id=frame.id))
             self.server.request_stop()
+        elif isinstance(frame, Reload):
+            nursery.start_soon(self._reload, frame.id)
+        elif isinstance(frame, ExplainQuery):
+            try:
+                lines = sup.explain(frame.model)
+            except KeyError:
+                await self.send(
+                    Error(id=frame.id, kind="unknown_model", message=f"no combined model {frame.model!r}")
+                )
+            else:
+                await self.send(ExplainReply(id=frame.id, lines=lines))
         elif isinstance(frame, Hello):
             await self.send(Error(id=0, kind="protocol_error", message="hello sent twice"))
+
+    async def _reload(self, rid: int) -> None:
+        await self.server.supervisor.refresh_catalogs()
+        await self.send(ModelsReply(id=rid, models=self.server.supervisor.models_info()))
 
     async def _chat(self, frame: Chat, scope: trio.CancelScope) -> None:
         rid = frame.id

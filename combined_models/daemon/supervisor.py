@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import msgspec
 import trio
 
-from .. import __version__
+from .. import __version__, metadata
+from ..catalog import explain as explain_grouping
 from ..catalog import group_offerings
 from ..chat import (
     Attempt,
@@ -40,6 +42,7 @@ log = logging.getLogger("combined_models.daemon")
 
 Send = Callable[[StreamEvent], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
+METADATA_INTERVAL = 86400.0
 STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
 
 
@@ -181,12 +184,14 @@ class Supervisor:
         config_path: Path | None = None,
         health_file: Path | None = None,
         catalog_file: Path | None = None,
+        metadata_file: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.socket = socket
         self.config_path = config_path
         self.health_file = health_file
         self.catalog_file = catalog_file
+        self.metadata_file = metadata_file
         self.actors: dict[str, ProviderActor] = {}
         for pid in provider_ids(cfg):
             self.actors[pid] = ProviderActor(resolve_provider(cfg, pid), cfg.failover)
@@ -204,6 +209,9 @@ class Supervisor:
             self._restore_health()
             if self.health_file is not None:
                 nursery.start_soon(self._save_health_periodically)
+            if self.cfg.metadata != "off":
+                self._load_metadata()
+                nursery.start_soon(self._fetch_metadata_periodically)
             # Start serving once the first listings are in (or after a short wait: the cache covers).
             first_listing = trio.Event()
             nursery.start_soon(self._discover_periodically, first_listing)
@@ -224,6 +232,15 @@ class Supervisor:
             {pid: a.offered for pid, a in usable.items()},
             {pid: a.region for pid, a in usable.items()},
         )
+        for combined in self.models.values():  # what the optional metadata knows of each member
+            for m in combined.members:
+                info = self.actors[m.provider].metadata.get(m.model) if m.provider in self.actors else None
+                if info is not None:
+                    m.context_window, m.input_cost, m.output_cost = (
+                        info.context_window,
+                        info.input_cost,
+                        info.output_cost,
+                    )
 
     def _load_catalogs(self) -> None:
         """The last good listing of each discovering provider, so a restart without network still serves."""
@@ -277,6 +294,40 @@ class Supervisor:
             await self.refresh_catalogs()
             first.set()
             await trio.sleep(self.cfg.discovery_interval)
+
+    # ------------------------------------------------------------ optional metadata (models.dev)
+
+    def _apply_metadata(self, catalog: metadata.Catalog) -> None:
+        for pid, actor in self.actors.items():
+            actor.metadata = catalog.get(pid, {})
+        self.rebuild_models()
+
+    def _load_metadata(self) -> None:
+        if self.metadata_file is None:
+            return
+        try:
+            self._apply_metadata(metadata.parse_models_dev(self.metadata_file.read_bytes()))
+        except (OSError, ValueError):
+            return
+
+    async def _fetch_metadata_periodically(self) -> None:
+        """Fetch the catalog now and daily; any failure leaves what we had (nothing depends on it)."""
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=30, trust_env=True) as client:
+                    resp = await client.get(self.cfg.metadata_url)
+                resp.raise_for_status()
+                catalog = metadata.parse_models_dev(resp.content)
+            except (httpx.HTTPError, ValueError) as e:
+                log.info("model metadata unavailable (%s); going on without it", e)
+            else:
+                self._apply_metadata(catalog)
+                if self.metadata_file is not None:
+                    try:
+                        write_private(self.metadata_file, resp.content)
+                    except OSError as e:
+                        log.warning("cannot cache model metadata: %s", e)
+            await trio.sleep(METADATA_INTERVAL)
 
     # ------------------------------------------------------------ health persistence
 
@@ -338,6 +389,20 @@ class Supervisor:
 
     def models_info(self) -> ModelsInfo:
         return ModelsInfo(models=list(self.models.values()))
+
+    def explain(self, model: str) -> list[str]:
+        """Why the members of combined model `model` are together (KeyError: no such model)."""
+        cid = model.removeprefix("combined/")
+        combined = self.models[cid]
+        if combined.explicit:
+            members = ", ".join(f"{m.provider}/{m.model}" for m in combined.members)
+            return [f"explicit [combined.{cid}] entry in the config: {members}, in that order"]
+        usable = {pid: a for pid, a in self.actors.items() if not a.disabled}
+        offerings = [(pid, m) for pid, a in usable.items() for m in a.offered]
+        lines = explain_grouping(offerings, cid)
+        order = ", ".join(m.provider for m in combined.members)
+        lines.append(f"members ordered by provider_priority: {order} (one offering per provider)")
+        return lines
 
     def resolve(self, name: str) -> list[Member]:
         """A combined id, `combined/<id>`, `provider/model`, or a model id some providers offer."""
