@@ -27,8 +27,8 @@ from ...chat import (
     Usage,
 )
 from ..errors import Failure, UpstreamError, classify_status, retry_after_from_headers
-from .base import Endpoint, HttpRequest, error_object, join_url, json_body, short
-from .sse import SSEDecoder
+from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .sse import SSEEvent
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -336,7 +336,7 @@ def _text(obj: Mapping[str, Any], key: str) -> str:
     return value
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(SSEJsonDecoder):
     """Messages stream events -> neutral items.
 
     Text and thinking are yielded as their deltas arrive. A thinking block's
@@ -346,7 +346,7 @@ class AnthropicStreamDecoder:
     """
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._model = ""
         # Anthropic's own counts; cumulative, so each report replaces the last.
         self._counts = {
@@ -357,21 +357,9 @@ class AnthropicStreamDecoder:
         }
         self._stop_reason: str | None = None
         self._tools: dict[int, _ToolBlock] = {}
-        self._done = False
 
-    def feed(self, data: bytes) -> list[DecodedItem]:
-        out: list[DecodedItem] = []
-        for event in self._sse.feed(data):
-            if self._done:
-                break
-            try:
-                out.extend(self._event(event.event, event.data))
-            except (TypeError, AttributeError, ValueError, KeyError) as e:
-                # Bad JSON, or valid JSON of the wrong shape: a stream failure, never skipped.
-                raise UpstreamError(
-                    Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
-                ) from e
-        return out
+    def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
+        return self._event(event.event, event.data)
 
     def close(self) -> list[DecodedItem]:
         if self._done:

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ...chat import ChatRequest, DecodedItem
+from ..errors import Failure, UpstreamError
+from .sse import SSEDecoder, SSEEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +109,31 @@ def error_object(body: bytes) -> dict[str, Any]:
         return {}
     err = data.get("error", data)
     return err if isinstance(err, dict) else {"message": str(err)}
+
+
+class SSEJsonDecoder:
+    """The feed loop every SSE dialect shares: whole events in, neutral items out.
+
+    Subclasses implement `_on_event`. Bad JSON, or valid JSON of the wrong shape,
+    is a malformed event: a stream failure (it may have carried content), never skipped.
+    """
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._done = False
+
+    def feed(self, data: bytes) -> list[DecodedItem]:
+        out: list[DecodedItem] = []
+        for event in self._sse.feed(data):
+            if self._done:
+                break
+            try:
+                out.extend(self._on_event(event))
+            except (TypeError, AttributeError, ValueError, KeyError) as e:
+                raise UpstreamError(
+                    Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
+                ) from e
+        return out
+
+    def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
+        raise NotImplementedError

@@ -35,8 +35,8 @@ from ..errors import (
     retry_after_from_headers,
     retry_after_from_text,
 )
-from .base import Endpoint, HttpRequest, error_object, join_url, json_body, short
-from .sse import SSEDecoder
+from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .sse import SSEEvent
 
 _FINISH = {
     "STOP": "stop",
@@ -400,7 +400,7 @@ def _inband_error(err: Any) -> UpstreamError:
 # ---------------------------------------------------------------- stream
 
 
-class GeminiStreamDecoder:
+class GeminiStreamDecoder(SSEJsonDecoder):
     """GenerateContentResponse chunks -> neutral items.
 
     Function calls arrive whole. Gemini has no call ids (or, on newer models, only
@@ -411,23 +411,14 @@ class GeminiStreamDecoder:
     """
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._finish: str | None = None
         self._usage = Usage()
         self._model = ""
         self._calls = 0
-        self._done = False
 
-    def feed(self, data: bytes) -> list[DecodedItem]:
-        out: list[DecodedItem] = []
-        for event in self._sse.feed(data):
-            try:
-                out.extend(self._event(event.data))
-            except (TypeError, AttributeError, ValueError, KeyError) as e:
-                raise UpstreamError(
-                    Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
-                ) from e
-        return out
+    def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
+        return self._event(event.data)
 
     def close(self) -> list[DecodedItem]:
         if self._done:

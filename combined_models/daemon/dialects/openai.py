@@ -28,8 +28,8 @@ from ..errors import (
     retry_after_from_headers,
     retry_after_from_text,
 )
-from .base import Endpoint, HttpRequest, error_object, join_url, json_body, short
-from .sse import SSEDecoder
+from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .sse import SSEEvent
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
@@ -187,30 +187,18 @@ def _inband_error(err: Mapping[str, Any]) -> UpstreamError:
     return UpstreamError(kind, f"error in stream: {short(message)}", status=status)
 
 
-class OpenAIStreamDecoder:
+class OpenAIStreamDecoder(SSEJsonDecoder):
     """Chat-completion chunks -> neutral items. Tool calls are yielded whole, at the finish."""
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._finish: str | None = None
         self._usage = Usage()
         self._model = ""
-        self._done = False
         self._calls: dict[int, dict[str, str]] = {}
 
-    def feed(self, data: bytes) -> list[DecodedItem]:
-        out: list[DecodedItem] = []
-        for event in self._sse.feed(data):
-            if self._done:
-                break
-            try:
-                out.extend(self._event(event.data))
-            except (TypeError, AttributeError, ValueError, KeyError) as e:
-                # Valid JSON of the wrong shape is a malformed event too: a stream failure, not our bug.
-                raise UpstreamError(
-                    Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
-                ) from e
-        return out
+    def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
+        return self._event(event.data)
 
     def close(self) -> list[DecodedItem]:
         if self._done:
