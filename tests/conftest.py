@@ -55,7 +55,10 @@ def short_dir() -> Iterator[Path]:
 
 
 def config_for(
-    sims: dict[str, Simulator], extra: str = "", failover: dict[str, float] | None = None
+    sims: dict[str, Simulator],
+    extra: str = "",
+    failover: dict[str, float] | None = None,
+    provider_lines: dict[str, str] | None = None,
 ) -> Config:
     knobs = {"first_token_timeout": 5.0, "idle_timeout": 5.0, "retry_backoff": 0.01, **(failover or {})}
     lines = [f"provider_priority = {list(sims)!r}".replace("'", '"'), "[failover]"]
@@ -67,6 +70,7 @@ def config_for(
             f'base_url = "{sim.base_url}"',
             f'api_key = "sk-test-{pid}-0123456789"',
             f"models = {list(sim.models)!r}".replace("'", '"'),
+            (provider_lines or {}).get(pid, ""),
         ]
     if "[http]" not in extra:  # any free port: daemons in tests never collide (nor take a user's 4141)
         extra += '\n[http]\nlisten = "127.0.0.1:0"\n'
@@ -97,6 +101,7 @@ async def open_stack(
     *,
     extra: str = "",
     failover: dict[str, float] | None = None,
+    provider_lines: dict[str, str] | None = None,
     **sim_options: object,
 ) -> AsyncIterator[Stack]:
     """Simulated providers (OpenAI dialect) and a daemon serving them on a real Unix socket."""
@@ -107,7 +112,7 @@ async def open_stack(
             await nursery.start(sim.run)
             sims[name] = sim
         sock = short_dir / "d.sock"
-        server = await open_daemon(config_for(sims, extra, failover), sock, nursery)
+        server = await open_daemon(config_for(sims, extra, failover, provider_lines), sock, nursery)
         yield Stack(sims, sock, server, nursery)
         nursery.cancel_scope.cancel()
 

@@ -190,3 +190,18 @@ async def test_health_survives_a_daemon_restart(short_dir: Path) -> None:
             server.request_stop()
         assert sims["first"].statistics().chat_requests == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(kind="stall_after", after_chunks=3), Fault(kind="stall_before")],
+    ids=["idle", "first-token"],
+)
+async def test_phase_timeouts_can_be_set_per_provider(short_dir: Path, fault: Fault) -> None:
+    slow = {"first_token_timeout": 30.0, "idle_timeout": 30.0}  # globally patient...
+    own = {"first": "idle_timeout = 0.3\nfirst_token_timeout = 0.3"}  # ...but not with this provider
+    async with open_stack(short_dir, failover=slow, provider_lines=own) as st:
+        st.sims["first"].push_fault(fault)
+        with trio.fail_after(5):
+            events = await st.ask()
+        assert text_of(events) == ANSWER and done_of(events).provider == "second"

@@ -7,6 +7,7 @@ run one `attempt`; the actor records every outcome in its own `HealthBook`.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,11 +28,19 @@ from .errors import NO_PENALTY, Failure, UpstreamError
 from .health import Admission, HealthBook, State
 
 MAX_ERROR_BODY = 64 * 1024
+# After the finish signal, read on to the end of the body (normally already here) so the
+# connection goes back to the pool: closing it mid-body costs the next request a new one.
+DRAIN_TIMEOUT = 0.1
+MAX_DRAIN = 64 * 1024
 DISCOVERY_TIMEOUT = 20.0  # seconds for a whole model listing, all pages
 MAX_MODEL_PAGES = 50
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
 
 OnItem = Callable[[DecodedItem], Awaitable[None]]
+
+# httpx logs every request at INFO between the response headers and the first byte of the body,
+# i.e. on the first-token path (a formatted line and a write each time); the daemon logs what matters.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class ProviderActor:
@@ -246,7 +255,10 @@ class ProviderActor:
             decoder = dialect.stream_decoder()
             # httpx's body iterators are nested async generators that cannot all be closed from
             # here; response.aclose() below releases the connection, which is what matters.
-            return await self._relay(response.aiter_bytes(), decoder, first_deadline, limit, on_item)
+            chunks = response.aiter_bytes()
+            finished = await self._relay(chunks, decoder, first_deadline, limit, on_item)
+            await _drain(chunks)
+            return finished
         finally:
             await response.aclose()
 
@@ -346,3 +358,16 @@ class ProviderActor:
 
     def restore(self, data: dict[str, Any], now: float) -> None:
         self.health.restore(data, now, time.time())
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of a finished body, briefly: a body read to its end keeps its connection alive."""
+    read = 0
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            async for chunk in chunks:
+                read += len(chunk)
+                if read > MAX_DRAIN:
+                    return
+        except httpx.HTTPError:
+            pass  # the answer is complete; only the connection is lost

@@ -23,7 +23,7 @@ import trio
 
 from .. import __version__
 from ..chat import ErrorEvent, StreamEvent
-from ..paths import check_socket_path
+from ..paths import check_socket_path, ensure_private_dir, runtime_dir
 from ..protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -232,8 +232,10 @@ def claim_socket(path: Path) -> Iterator[pysocket.socket]:
     between two daemons starting at once.
     """
     check_socket_path(path)
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
+    if path.parent == runtime_dir() or not path.parent.exists():
+        # Our own dir: 0700 and ours, or we refuse it. A dir the user named that exists
+        # (say /tmp) is left as it is: the socket itself is 0600.
+        ensure_private_dir(path.parent)
     lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
