@@ -32,6 +32,9 @@ def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO, between the headers and the first body byte: on the
+    # first-token path. Its warnings still come through.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Claimed before trio starts, so "already running" and path errors surface as plain exceptions.
     with claim_socket(socket_path) as sock:
         trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path), sock)

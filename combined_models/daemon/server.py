@@ -71,8 +71,16 @@ class Connection:
 
     async def send(self, frame: ServerFrame) -> None:
         data = encode_frame(frame)
-        async with self._send_lock:
+        # Not `async with`: the lock's own checkpoint is a trip round the event loop per frame.
+        # A free lock is taken at once (send_all still checkpoints); a held one is waited for.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def serve(self) -> None:
         try:

@@ -518,7 +518,8 @@ class Supervisor:
         """Attempts on one member: retries transient failures, continues a cut answer. None: move on."""
         f = self.cfg.failover
         key = (actor.id, model)
-        why = unsupported(run.request, actor.capabilities(model))
+        caps = actor.capabilities(model)
+        why = unsupported(run.request, caps)
         if why is not None:
             kind = Failure.CONTEXT_TOO_LONG if "window" in why else Failure.UNSUPPORTED
             run.attempts.append(Attempt(provider=actor.id, model=model, error=why, kind=kind.value))
@@ -526,7 +527,7 @@ class Supervisor:
             run.excluded.add(key)
             return None
         while True:
-            prefill = self._prefill(actor, model)
+            prefill = caps.prefill and key not in self.no_prefill
             request = continuation_request(run.request, run.out.text, prefill=prefill)
             if request is None:  # the caller's max_tokens is used up: nothing left to continue
                 return None
@@ -567,9 +568,6 @@ class Supervisor:
                 finish_reason=finished.finish_reason,
                 usage=finished.usage,
             )
-
-    def _prefill(self, actor: ProviderActor, model: str) -> bool:
-        return (actor.id, model) not in self.no_prefill and actor.capabilities(model).prefill
 
 
 def event_json(event: StreamEvent) -> bytes:
