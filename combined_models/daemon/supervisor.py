@@ -363,8 +363,15 @@ class Supervisor:
             # Only write when something other than the passing time changed.
             key = json.dumps(
                 {
-                    p: [(m, b.state, b.strikes) for m, b in a.health.models.items()]
-                    + [("", a.health.provider.state, a.health.provider.strikes)]
+                    p: [(m, b.state, b.strikes, round(b.until)) for m, b in a.health.models.items()]
+                    + [
+                        (
+                            "",
+                            a.health.provider.state,
+                            a.health.provider.strikes,
+                            round(a.health.provider.until),
+                        )
+                    ]
                     for p, a in self.actors.items()
                 }
             ).encode()
