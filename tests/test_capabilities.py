@@ -9,6 +9,7 @@ import pytest
 from combined_models.capabilities import Capabilities, default_capabilities, with_overrides
 from combined_models.chat import ChatRequest, ImagePart, Message, TextPart, Tool
 from combined_models.daemon.continuation import prompt_tokens, unsupported
+from combined_models.daemon.errors import Failure
 from combined_models.metadata import ModelInfo, lookup, parse_models_dev
 
 DATA = Path(__file__).parent / "data"
@@ -54,10 +55,17 @@ def test_unsupported_requests_name_the_reason() -> None:
     image = ChatRequest(messages=[Message("user", [TextPart("what is it"), ImagePart(data="aGk=")])])
     tools = ChatRequest(messages=[Message("user", "hi")], tools=[Tool(name="f")])
     long = ChatRequest(messages=[Message("user", "word " * 10_000)])
-    assert unsupported(image, Capabilities(images=False)) == "this model does not accept images"
-    assert unsupported(tools, Capabilities(tools=False)) == "this model does not support tools"
+    assert unsupported(image, Capabilities(images=False)) == (
+        Failure.UNSUPPORTED,
+        "this model does not accept images",
+    )
+    assert unsupported(tools, Capabilities(tools=False)) == (
+        Failure.UNSUPPORTED,
+        "this model does not support tools",
+    )
     assert prompt_tokens(long) == 12_500
-    assert "window" in (unsupported(long, Capabilities(context_window=8_000)) or "")
+    kind, why = unsupported(long, Capabilities(context_window=8_000)) or (None, "")
+    assert kind is Failure.CONTEXT_TOO_LONG and "8000-token window" in why
     assert unsupported(long, Capabilities(context_window=16_000)) is None
     assert unsupported(image, Capabilities()) is None
 

@@ -8,6 +8,7 @@ import msgspec
 
 from ..capabilities import Capabilities
 from ..chat import ChatRequest, DocumentPart, ImagePart, Message
+from .errors import Failure
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue it exactly where it stopped, starting with the next "
@@ -36,15 +37,16 @@ def prompt_tokens(request: ChatRequest) -> int:
     return math.ceil(chars / 4) + 1500 * images
 
 
-def unsupported(request: ChatRequest, caps: Capabilities) -> str | None:
-    """Why a member with `caps` cannot serve `request` (None: it can)."""
+def unsupported(request: ChatRequest, caps: Capabilities) -> tuple[Failure, str] | None:
+    """Why a member with `caps` cannot serve `request`, and its failure class (None: it can)."""
     parts = [p for m in request.messages if not isinstance(m.content, str) for p in m.content]
     if request.tools and not caps.tools:
-        return "this model does not support tools"
+        return Failure.UNSUPPORTED, "this model does not support tools"
     if any(isinstance(p, ImagePart) for p in parts) and not caps.images:
-        return "this model does not accept images"
+        return Failure.UNSUPPORTED, "this model does not accept images"
     if caps.context_window is not None and prompt_tokens(request) > caps.context_window:
-        return f"the prompt is longer than this model's {caps.context_window}-token window"
+        window = f"the prompt is longer than this model's {caps.context_window}-token window"
+        return Failure.CONTEXT_TOO_LONG, window
     return None
 
 

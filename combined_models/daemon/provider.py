@@ -143,16 +143,11 @@ class ProviderActor:
                     ids += page
                     if cursor is None:
                         break
-        except (UpstreamError, httpx.HTTPError, trio.TooSlowError, ValueError, KeyError, TypeError) as e:
-            why = (
-                e.message
-                if isinstance(e, UpstreamError)
-                else (
-                    f"timed out after {DISCOVERY_TIMEOUT:.0f}s"
-                    if isinstance(e, trio.TooSlowError)
-                    else repr(e)
-                )
-            )
+        except trio.TooSlowError:
+            self.catalog_error = f"model listing failed: timed out after {DISCOVERY_TIMEOUT:.0f}s"
+            return False
+        except (UpstreamError, httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            why = e.message if isinstance(e, UpstreamError) else repr(e)
             self.catalog_error = self.redact(f"model listing failed: {why}")
             return False
         self.offered = list(dict.fromkeys(ids))

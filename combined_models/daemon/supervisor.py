@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import msgspec
 import trio
 
 from .. import __version__, metadata
@@ -361,20 +360,8 @@ class Supervisor:
         while True:
             await trio.sleep(HEALTH_SAVE_INTERVAL)
             # Only write when something other than the passing time changed.
-            key = json.dumps(
-                {
-                    p: [(m, b.state, b.strikes, round(b.until)) for m, b in a.health.models.items()]
-                    + [
-                        (
-                            "",
-                            a.health.provider.state,
-                            a.health.provider.strikes,
-                            round(a.health.provider.until),
-                        )
-                    ]
-                    for p, a in self.actors.items()
-                }
-            ).encode()
+            # The snapshot with both clocks at 0 holds the states, strikes and cooldown ends as they are.
+            key = json.dumps({p: a.health.snapshot(0.0, 0.0) for p, a in self.actors.items()}).encode()
             if key != last:
                 last = key
                 self.save_health()
@@ -526,9 +513,9 @@ class Supervisor:
         f = self.cfg.failover
         key = (actor.id, model)
         caps = actor.capabilities(model)
-        why = unsupported(run.request, caps)
-        if why is not None:
-            kind = Failure.CONTEXT_TOO_LONG if "window" in why else Failure.UNSUPPORTED
+        cannot = unsupported(run.request, caps)
+        if cannot is not None:
+            kind, why = cannot
             run.attempts.append(Attempt(provider=actor.id, model=model, error=why, kind=kind.value))
             run.last_failure = (actor.id, UpstreamError(kind, why))
             run.excluded.add(key)
@@ -575,7 +562,3 @@ class Supervisor:
                 finish_reason=finished.finish_reason,
                 usage=finished.usage,
             )
-
-
-def event_json(event: StreamEvent) -> bytes:
-    return msgspec.json.encode(event)
