@@ -77,8 +77,7 @@ async def test_a_silent_provider_is_not_retried_in_the_same_request(short_dir: P
 
 async def test_prefill_rejected_with_400_is_retried_without_prefill(short_dir: Path) -> None:
     # The second provider claims prefill support in the config but rejects it on the wire.
-    async with open_stack(short_dir, failover=FAST) as st:
-        st.server.supervisor.actors["second"].provider.config.prefill = True
+    async with open_stack(short_dir, failover=FAST, provider_lines={"second": "prefill = true"}) as st:
         st.sims["first"].push_fault(Fault(kind="reset_after", after_chunks=4))
         st.sims["second"].push_fault(Fault(kind="reject_prefill"))
         events = await st.ask()
