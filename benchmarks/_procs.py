@@ -85,6 +85,22 @@ def simulator(root: Path, *, chunk_delay: float = 0.0) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def byte_proxy(root: Path, upstream: str) -> Iterator[str]:
+    """The do-nothing trio proxy of `benchmarks._proxy` in front of `upstream`; yields its host:port."""
+    target = upstream.removeprefix("http://").split("/", 1)[0]
+    cmd = [sys.executable, "-m", "benchmarks._proxy", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(root), cwd=Path(__file__).parent.parent)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the byte proxy exited before listening")
+        yield f"127.0.0.1:{int(line)}"
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
 def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
     """`cmctl serve` in its own process: two providers on the same upstream, one combined model."""
     from combined_models.client.sync import Client, DaemonUnavailable

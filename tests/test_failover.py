@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from combined_models.chat import FailoverEvent, ProviderEvent
+from combined_models.chat import ChatRequest, FailoverEvent, Message, ProviderEvent, StreamEvent
 from combined_models.client.aio import open_client
 from combined_models.simulator import Fault
 
-from .conftest import ANSWER, done_of, error_of, open_stack, text_of
+from .conftest import ANSWER, MODEL, done_of, error_of, open_stack, text_of
 
 # Short phase timeouts: the stall faults are real silences on real sockets.
 FAST = {"first_token_timeout": 0.5, "idle_timeout": 0.4}
@@ -204,3 +204,24 @@ async def test_phase_timeouts_can_be_set_per_provider(short_dir: Path, fault: Fa
         with trio.fail_after(5):
             events = await st.ask()
         assert text_of(events) == ANSWER and done_of(events).provider == "second"
+
+
+async def test_a_slow_caller_is_not_taken_for_a_silent_provider(
+    short_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    """Time spent writing to the caller does not count against the provider's time limits."""
+    async with open_stack(short_dir, failover=FAST) as st:
+        events: list[StreamEvent] = []
+
+        async def send(batch: list[StreamEvent]) -> None:
+            if not events:  # the caller takes longer over the first output than both limits allow
+                clock.jump(FAST["first_token_timeout"] + FAST["idle_timeout"] + 1)
+                await trio.lowlevel.checkpoint()
+            events.extend(batch)
+
+        request = ChatRequest(messages=[Message("user", "hello")])
+        with trio.fail_after(10):
+            await st.server.supervisor.chat(MODEL, request, send)
+        assert not any(isinstance(e, FailoverEvent) for e in events)
+        assert done_of(events).provider == "first"
+        assert text_of(events) == ANSWER

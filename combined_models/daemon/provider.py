@@ -7,10 +7,10 @@ run one `attempt`; the actor records every outcome in its own `HealthBook`.
 from __future__ import annotations
 
 import collections
-import functools
+import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
 from .errors import NO_PENALTY, Failure, UpstreamError
 from .health import Admission, HealthBook, State
+from .upstream import ConnectFailed, ConnectionBroken, Pool, Response
 
 MAX_ERROR_BODY = 64 * 1024
 # After the finish signal, read on to the end of the body (normally already here) so the
@@ -34,9 +35,10 @@ DRAIN_TIMEOUT = 0.1
 MAX_DRAIN = 64 * 1024
 DISCOVERY_TIMEOUT = 20.0  # seconds for a whole model listing, all pages
 MAX_MODEL_PAGES = 50
+MAX_CACHED_MODELS = 4096
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
 
-OnItem = Callable[[DecodedItem], Awaitable[None]]
+OnItems = Callable[[list[DecodedItem]], Awaitable[None]]  # what one read of the body decoded to
 
 
 class ProviderActor:
@@ -47,13 +49,15 @@ class ProviderActor:
         self.dialect: Dialect | None = dialect_for(provider.api)
         self.health = HealthBook()
         self.offered: list[str] = list(provider.models or ())
-        self.metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
+        self._metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
+        self._capabilities: dict[str, Capabilities] = {}  # per model, worked out once
         # Where `offered` came from: "static" (config), "live" (listed now), "cached" (an earlier listing), "none".
         self.catalog_source = "static" if provider.models is not None else "none"
         self.catalog_error: str | None = None
         self.catalog_fetched_at: float | None = None  # wall clock
         self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # listings and token exchanges
+        self._pool: Pool | None = None  # chat requests (see upstream.py for why not httpx)
         credentials, self.key_source, no_credentials = resolve_credentials(provider)
         self.region = getattr(credentials, "region", None)
         self.credentials: Credentials = credentials or StaticCredentials(Endpoint(base_url=provider.base_url))
@@ -79,15 +83,33 @@ class ProviderActor:
         timeout = httpx.Timeout(None, connect=self._timeout("connect_timeout"))
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            self._client = client
+            self._client, self._pool = client, Pool(self._timeout("connect_timeout"))
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
-                self._client = None
+                self._pool.close()
+                self._client = self._pool = None
+
+    @property
+    def metadata(self) -> dict[str, ModelInfo]:
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, ModelInfo]) -> None:
+        self._metadata = value
+        self._capabilities.clear()
 
     def capabilities(self, model: str) -> Capabilities:
         """What `model` here can do: documented defaults, then models.dev metadata, then the config."""
+        caps = self._capabilities.get(model)
+        if caps is None:
+            if len(self._capabilities) >= MAX_CACHED_MODELS:  # callers may name any model: stay bounded
+                self._capabilities.clear()
+            caps = self._capabilities[model] = self._work_out_capabilities(model)
+        return caps
+
+    def _work_out_capabilities(self, model: str) -> Capabilities:
         c = self.provider.config
         caps = default_capabilities(
             self.provider.api, model, flavour=str(self.provider.options.get("flavour", ""))
@@ -168,13 +190,14 @@ class ProviderActor:
 
     # ------------------------------------------------------------ one attempt
 
-    async def attempt(self, request: ChatRequest, model: str, on_item: OnItem) -> Finished:
-        """Send `request` for `model` and feed every decoded item to `on_item`.
+    async def attempt(self, request: ChatRequest, model: str, on_items: OnItems) -> Finished:
+        """Send `request` for `model` and feed the decoded items to `on_items`, a batch per read.
 
         Returns the finish once the dialect's own finish signal arrived; raises
         UpstreamError otherwise. Health and counters are updated here, whatever happens.
         """
         assert self.dialect is not None and self._client is not None, "actor not running"
+        assert self._pool is not None
         # Not `async with`: its checkpoint is a trip round the event loop on every first-token
         # path. Below the limit the token is taken at once; only at the limit does this wait.
         try:
@@ -186,12 +209,12 @@ class ProviderActor:
             self.requests += 1
             try:
                 try:
-                    finished = await self._attempt(self._client, self.dialect, request, model, on_item)
+                    finished = await self._attempt(self.dialect, request, model, on_items)
                 except UpstreamError as e:
                     # A short-lived token may have expired early: refresh it once before calling it a failure.
                     if not (e.kind is Failure.AUTH and e.status == 401 and self.credentials.invalidate()):
                         raise
-                    finished = await self._attempt(self._client, self.dialect, request, model, on_item)
+                    finished = await self._attempt(self.dialect, request, model, on_items)
             except UpstreamError as e:
                 e.message = self.redact(e.message)
                 self._record_failure(model, e)
@@ -226,92 +249,73 @@ class ProviderActor:
         return base * (1.0 + chars / max(1, self.failover.long_prompt_chars))
 
     async def _attempt(
-        self, client: httpx.AsyncClient, dialect: Dialect, request: ChatRequest, model: str, on_item: OnItem
+        self, dialect: Dialect, request: ChatRequest, model: str, on_items: OnItems
     ) -> Finished:
-        endpoint = await self.credentials.endpoint(client)
+        assert self._client is not None and self._pool is not None
+        endpoint = await self.credentials.endpoint(self._client)
         built = dialect.build_chat(request, model, endpoint, datetime.now(UTC))
-        http_req = client.build_request(
-            built.method, _parsed_url(built.url), headers=built.headers, content=built.body
-        )
         limit = self.first_token_timeout(request)
         first_deadline = trio.current_time() + limit
         # The first-token clock starts at send: a provider that never sends headers is caught too.
         with trio.move_on_at(first_deadline) as cs:
             try:
-                response = await client.send(http_req, stream=True)
-            except httpx.TimeoutException as e:
-                raise UpstreamError(Failure.UNREACHABLE, f"connect timeout: {e!r}") from e
-            except httpx.ConnectError as e:
-                raise UpstreamError(Failure.UNREACHABLE, f"cannot connect: {e}") from e
-            except httpx.HTTPError as e:
-                raise UpstreamError(Failure.TRANSIENT, f"connection failed before a response: {e!r}") from e
+                response = await self._pool.stream(built.method, built.url, built.headers, built.body)
+            except ConnectFailed as e:
+                raise UpstreamError(Failure.UNREACHABLE, str(e)) from e
+            except ConnectionBroken as e:
+                raise UpstreamError(Failure.TRANSIENT, str(e)) from e
         if cs.cancelled_caught:
             raise UpstreamError(Failure.SILENT, f"no response within {limit:.1f}s")
         try:
-            if response.status_code != 200:
-                body = await self._read_error_body(response, first_deadline)
+            if response.status != 200:
+                body = await _read_error_body(response, first_deadline)
                 raise dialect.classify_error(
-                    response.status_code, dict(response.headers), body, datetime.now(UTC)
+                    response.status, response.headers, body, datetime.now(UTC)
                 ) from None
-            decoder = dialect.stream_decoder()
-            # httpx's body iterators are nested async generators that cannot all be closed from
-            # here; response.aclose() below releases the connection, which is what matters.
-            chunks = response.aiter_bytes()
-            finished = await self._relay(chunks, decoder, first_deadline, limit, on_item)
-            await _drain(chunks)
+            finished = await self._relay(response, dialect.stream_decoder(), first_deadline, limit, on_items)
+            await _drain(response)
             return finished
         finally:
             await response.aclose()
 
     async def _relay(
         self,
-        chunks: AsyncIterator[bytes],
+        response: Response,
         decoder: StreamDecoder,
         first_deadline: float,
         limit: float,
-        on_item: OnItem,
+        on_items: OnItems,
     ) -> Finished:
         """Decode the body into items until the finish signal, timing each read."""
         idle = self._timeout("idle_timeout")
         got_content = False
-        while True:
-            deadline = first_deadline if not got_content else trio.current_time() + idle
-            chunk: bytes | None = None
-            with trio.move_on_at(deadline) as cs:
+        # One scope whose deadline moves on with each read: the first-token deadline until
+        # content arrives, then the idle limit. (A scope per read costs a visible share of a token.)
+        # Writing to the caller is not timed: a slow reader is not the provider's silence.
+        with trio.move_on_at(first_deadline) as cs:
+            while True:
                 try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except httpx.HTTPError as e:
+                    chunk = await response.next_chunk()
+                except ConnectionBroken as e:
                     where = "mid-stream" if got_content else "before output"
-                    raise UpstreamError(Failure.TRANSIENT, f"connection broke {where}: {e!r}") from e
-            if cs.cancelled_caught:
-                phase = (
-                    f"silent for {idle:.1f}s mid-stream"
-                    if got_content
-                    else f"no first token within {limit:.1f}s"
-                )
-                raise UpstreamError(Failure.SILENT, phase)
-            items = decoder.close() if chunk is None else decoder.feed(chunk)
-            for item in items:
-                if isinstance(item, Finished):
-                    return item
-                got_content = True
-                await on_item(item)
-            if chunk is None:  # close() returned without a finish: the decoder raised already
-                raise UpstreamError(Failure.TRANSIENT, "stream ended without a finish signal")
-
-    async def _read_error_body(self, response: httpx.Response, deadline: float) -> bytes:
-        body = b""
-        with trio.move_on_at(max(deadline, trio.current_time() + 2.0)):
-            try:
-                async for part in response.aiter_bytes():
-                    body += part
-                    if len(body) >= MAX_ERROR_BODY:
-                        break
-            except httpx.HTTPError:
-                pass
-        return body
+                    raise UpstreamError(Failure.TRANSIENT, f"{e} ({where})") from e
+                items = decoder.close() if chunk is None else decoder.feed(chunk)
+                finished = next((i for i, item in enumerate(items) if isinstance(item, Finished)), None)
+                if finished is not None:
+                    items, last = items[:finished], items[finished]
+                if items:
+                    got_content = True
+                    cs.deadline = math.inf
+                    await on_items(items)
+                if finished is not None:
+                    assert isinstance(last, Finished)
+                    return last
+                if chunk is None:  # close() returned without a finish: the decoder raised already
+                    raise UpstreamError(Failure.TRANSIENT, "stream ended without a finish signal")
+                if got_content:
+                    cs.deadline = trio.current_time() + idle
+        phase = f"silent for {idle:.1f}s mid-stream" if got_content else f"no first token within {limit:.1f}s"
+        raise UpstreamError(Failure.SILENT, phase)
 
     def redact(self, text: str) -> str:
         """Keys never appear in errors, logs or status, even when a provider echoes one back."""
@@ -361,20 +365,23 @@ class ProviderActor:
         self.health.restore(data, now, time.time())
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed_url(url: str) -> httpx.URL:
-    """Each distinct URL parsed once (httpx.URL is immutable): parsing is a visible share of the first token."""
-    return httpx.URL(url)
+async def _read_error_body(response: Response, deadline: float) -> bytes:
+    body = b""
+    with trio.move_on_at(max(deadline, trio.current_time() + 2.0)):
+        try:
+            while len(body) < MAX_ERROR_BODY and (part := await response.next_chunk()) is not None:
+                body += part
+        except ConnectionBroken:
+            pass
+    return body
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
+async def _drain(response: Response) -> None:
     """Read the rest of a finished body, briefly: a body read to its end keeps its connection alive."""
     read = 0
     with trio.move_on_after(DRAIN_TIMEOUT):
         try:
-            async for chunk in chunks:
+            while read <= MAX_DRAIN and (chunk := await response.next_chunk()) is not None:
                 read += len(chunk)
-                if read > MAX_DRAIN:
-                    return
-        except httpx.HTTPError:
+        except ConnectionBroken:
             pass  # the answer is complete; only the connection is lost

@@ -69,8 +69,9 @@ class Connection:
         self._send_lock = trio.Lock()
         self._requests: dict[int, trio.CancelScope] = {}
 
-    async def send(self, frame: ServerFrame) -> None:
-        data = encode_frame(frame)
+    async def send(self, *frames: ServerFrame) -> None:
+        """Frames in one write."""
+        data = b"".join(encode_frame(f) for f in frames)
         # Not `async with`: the lock's own checkpoint is a trip round the event loop per frame.
         # A free lock is taken at once (send_all still checkpoints); a held one is waited for.
         try:
@@ -186,19 +187,8 @@ class Connection:
     async def _chat(self, frame: Chat, scope: trio.CancelScope) -> None:
         rid = frame.id
 
-        async def send(event: StreamEvent) -> None:
-            if isinstance(event, ErrorEvent):
-                await self.send(
-                    Error(
-                        id=rid,
-                        kind=event.kind,
-                        message=event.message,
-                        attempts=event.attempts,
-                        retry_after_s=event.retry_after_s,
-                    )
-                )
-            else:
-                await self.send(Event(id=rid, event=event))
+        async def send(events: list[StreamEvent]) -> None:
+            await self.send(*(_frame_for(rid, e) for e in events))
 
         self.server.active += 1
         try:
@@ -218,6 +208,18 @@ class Connection:
             del self._requests[rid]
             if self.server.active == 0:
                 self.server.idle.set()
+
+
+def _frame_for(rid: int, event: StreamEvent) -> ServerFrame:
+    if isinstance(event, ErrorEvent):
+        return Error(
+            id=rid,
+            kind=event.kind,
+            message=event.message,
+            attempts=event.attempts,
+            retry_after_s=event.retry_after_s,
+        )
+    return Event(id=rid, event=event)
 
 
 def _peer_uid(sock: trio.socket.SocketType) -> int | None:

@@ -39,7 +39,9 @@ from .provider import ProviderActor
 
 log = logging.getLogger("combined_models.daemon")
 
-Send = Callable[[StreamEvent], Awaitable[None]]
+# Writes events to the caller in order, as one write: a batch is what one upstream read decoded
+# (a write per event was a trip round the event loop and a syscall per token).
+Send = Callable[[list[StreamEvent]], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
 METADATA_INTERVAL = 86400.0
 STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
@@ -144,34 +146,40 @@ class Relay:
         self.suppress_thinking = run.out.thinking  # thinking already shown is not repeated
         self.announced = False
 
-    async def _announce(self) -> None:
+    def _announce(self, events: list[StreamEvent]) -> None:
         if not self.announced:
             self.announced = True
-            await self.run.send(ProviderEvent(provider=self.provider, model=self.model))
+            events.append(ProviderEvent(provider=self.provider, model=self.model))
 
-    async def _text(self, text: str) -> None:
+    def _text(self, text: str, events: list[StreamEvent]) -> None:
         if text:
             self.run.out.text += text
-            await self.run.send(TextEvent(text))
+            events.append(TextEvent(text))
 
-    async def __call__(self, item: DecodedItem) -> None:
-        await self._announce()
+    async def __call__(self, items: list[DecodedItem]) -> None:
+        events: list[StreamEvent] = []
+        self._announce(events)
         out = self.run.out
-        if isinstance(item, TextEvent):
-            await self._text(self.echo.feed(item.text) if self.echo else item.text)
-        elif isinstance(item, ThinkingEvent):
-            if not self.suppress_thinking:
-                out.thinking = True
-                await self.run.send(item)
-        elif isinstance(item, ToolCallEvent):
-            out.tool_calls += 1
-            await self.run.send(item)
+        for item in items:
+            if isinstance(item, TextEvent):
+                self._text(self.echo.feed(item.text) if self.echo else item.text, events)
+            elif isinstance(item, ThinkingEvent):
+                if not self.suppress_thinking:
+                    out.thinking = True
+                    events.append(item)
+            elif isinstance(item, ToolCallEvent):
+                out.tool_calls += 1
+                events.append(item)
+        if events:
+            await self.run.send(events)
 
-    async def finish(self) -> None:
-        """The attempt completed: release what the echo filter still holds."""
-        await self._announce()
+    def finish(self) -> list[StreamEvent]:
+        """The attempt completed: what is still to send (what the echo filter held)."""
+        events: list[StreamEvent] = []
+        self._announce(events)
         if self.echo is not None:
-            await self._text(self.echo.flush())
+            self._text(self.echo.flush(), events)
+        return events
 
 
 class Supervisor:
@@ -419,34 +427,38 @@ class Supervisor:
         try:
             chain = self.resolve(model)
         except UnknownModel as e:
-            await send(ErrorEvent(kind="unknown_model", message=str(e)))
+            await send([ErrorEvent(kind="unknown_model", message=str(e))])
             return
         run = Run(request=request, send=send)
         while True:
             picked = await self._pick(run, chain)
             if isinstance(picked, ErrorEvent):
-                await send(picked)
+                await send([picked])
                 return
             actor, member = picked
             if run.last_failure is not None:
                 prev, err = run.last_failure
                 await send(
-                    FailoverEvent(
-                        from_=prev,
-                        to=actor.id,
-                        reason=err.kind.value,
-                        after_output=run.out.any,
-                        message=err.message,
-                    )
+                    [
+                        FailoverEvent(
+                            from_=prev,
+                            to=actor.id,
+                            reason=err.kind.value,
+                            after_output=run.out.any,
+                            message=err.message,
+                        )
+                    ]
                 )
-            done = await self._serve_member(run, actor, member.model)
-            if done is not None:
-                await send(done)
+            ending = await self._serve_member(run, actor, member.model)
+            if ending is not None:
+                await send(ending)
                 return
             if run.last_failure is not None and run.last_failure[1].kind in CALLER_FAULT:
                 _, err = run.last_failure
                 kind = "content_filter" if err.kind is Failure.CONTENT_FILTER else "bad_request"
-                await send(ErrorEvent(kind=kind, message=f"{actor.id}: {err.message}", attempts=run.attempts))
+                await send(
+                    [ErrorEvent(kind=kind, message=f"{actor.id}: {err.message}", attempts=run.attempts)]
+                )
                 return
 
     async def _pick(self, run: Run, chain: list[Member]) -> tuple[ProviderActor, Member] | ErrorEvent:
@@ -508,8 +520,11 @@ class Supervisor:
             retry_after_s=None if retry_after is None else round(retry_after, 3),
         )
 
-    async def _serve_member(self, run: Run, actor: ProviderActor, model: str) -> DoneEvent | None:
-        """Attempts on one member: retries transient failures, continues a cut answer. None: move on."""
+    async def _serve_member(self, run: Run, actor: ProviderActor, model: str) -> list[StreamEvent] | None:
+        """Attempts on one member: retries transient failures, continues a cut answer.
+
+        Returns the last events of a complete answer (ending with `done`), or None: move on.
+        """
         f = self.cfg.failover
         key = (actor.id, model)
         caps = actor.capabilities(model)
@@ -553,12 +568,12 @@ class Supervisor:
                 if spent or run.out.any or e.kind not in (Failure.RATE_LIMITED, Failure.OVERLOADED):
                     run.excluded.add(key)
                 return None
-            await relay.finish()
             if run.attempts:
                 actor.failovers_saved += 1
-            return DoneEvent(
+            done = DoneEvent(
                 provider=actor.id,
                 model=finished.model or model,
                 finish_reason=finished.finish_reason,
                 usage=finished.usage,
             )
+            return [*relay.finish(), done]

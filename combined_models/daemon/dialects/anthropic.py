@@ -27,7 +27,16 @@ from ...chat import (
     Usage,
 )
 from ..errors import Failure, UpstreamError, classify_status, retry_after_from_headers
-from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .base import (
+    Endpoint,
+    HttpRequest,
+    SSEJsonDecoder,
+    error_object,
+    join_url,
+    json_body,
+    loads_event,
+    short,
+)
 from .sse import SSEEvent
 
 API_VERSION = "2023-06-01"
@@ -393,7 +402,7 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
                 self._counts[key] = int(value)
 
     def _event(self, name: str, data: str) -> list[DecodedItem]:
-        msg = json.loads(data)
+        msg = loads_event(data)
         if not isinstance(msg, dict):
             raise TypeError("event is not a JSON object")
         kind = msg.get("type", name)  # the data repeats the `event:` name; either will do

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from ...chat import ChatRequest, DecodedItem
 from ..errors import Failure, UpstreamError
 from .sse import SSEDecoder, SSEEvent
@@ -82,6 +84,21 @@ class Dialect(Protocol):
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
         """The model ids on one page, and the cursor of the next page (None: that was the last)."""
         ...
+
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+def loads_event(data: str | bytes) -> Any:
+    """One stream event's JSON, as `json.loads` reads it, several times faster (every token pays this).
+
+    msgspec refuses a lone surrogate escape that `json` accepts; such an event goes to `json`,
+    so nothing a provider may validly send is refused. Raises ValueError for bad JSON.
+    """
+    try:
+        return _decode_json(data)
+    except msgspec.DecodeError:
+        return json.loads(data)
 
 
 def json_body(obj: Any) -> bytes:

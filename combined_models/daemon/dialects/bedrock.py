@@ -35,7 +35,7 @@ from ...chat import (
 )
 from ..errors import Failure, UpstreamError, classify_status, retry_after_from_headers
 from .aws_credentials import AwsCredentials
-from .base import Endpoint, HttpRequest, join_url, json_body, short
+from .base import Endpoint, HttpRequest, join_url, json_body, loads_event, short
 from .eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from .sigv4 import model_path, sign_request
 
@@ -605,7 +605,7 @@ class BedrockStreamDecoder:
     def _message(self, message: EventStreamMessage) -> list[DecodedItem]:
         kind = message.message_type
         if kind == "event":
-            payload = json.loads(message.payload) if message.payload else {}
+            payload = loads_event(message.payload) if message.payload else {}
             if not isinstance(payload, dict):
                 raise ValueError("event payload is not an object")
             return self._event(message.event_type or "", payload)

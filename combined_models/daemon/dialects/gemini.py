@@ -35,7 +35,16 @@ from ..errors import (
     retry_after_from_headers,
     retry_after_from_text,
 )
-from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .base import (
+    Endpoint,
+    HttpRequest,
+    SSEJsonDecoder,
+    error_object,
+    join_url,
+    json_body,
+    loads_event,
+    short,
+)
 from .sse import SSEEvent
 
 _FINISH = {
@@ -429,7 +438,7 @@ class GeminiStreamDecoder(SSEJsonDecoder):
         return [Finished(finish_reason=self._finish, usage=self._usage, model=self._model)]
 
     def _event(self, data: str) -> list[DecodedItem]:
-        chunk = json.loads(data)
+        chunk = loads_event(data)
         if not isinstance(chunk, dict):
             raise TypeError("chunk is not a JSON object")
         if "error" in chunk:

@@ -28,7 +28,16 @@ from ..errors import (
     retry_after_from_headers,
     retry_after_from_text,
 )
-from .base import Endpoint, HttpRequest, SSEJsonDecoder, error_object, join_url, json_body, short
+from .base import (
+    Endpoint,
+    HttpRequest,
+    SSEJsonDecoder,
+    error_object,
+    join_url,
+    json_body,
+    loads_event,
+    short,
+)
 from .sse import SSEEvent
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -216,7 +225,7 @@ class OpenAIStreamDecoder(SSEJsonDecoder):
             self._done = True
             return [Finished(finish_reason=self._finish, usage=self._usage, model=self._model)]
         try:
-            chunk = json.loads(data)
+            chunk = loads_event(data)
         except ValueError:
             raise UpstreamError(Failure.TRANSIENT, f"malformed stream event: {short(data, 80)!r}") from None
         if not isinstance(chunk, dict):

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote, urlsplit
 
+from ..upstream import host_header
 from .aws_credentials import AwsCredentials
 
 __all__ = ["model_path", "sign_request"]
@@ -132,14 +133,9 @@ def _headers_to_sign(headers: Mapping[str, str], added: Mapping[str, str], url: 
 
 
 def _host_from_url(url: str) -> str:
-    # What an HTTP client sends: lower-cased host, port only when not the scheme's default.
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # IPv6 literal
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
+    scheme = parts.scheme or "https"
+    return host_header(scheme, parts.hostname or "", parts.port or {"http": 80}.get(scheme, 443))
 
 
 def _canonical_uri(path: str) -> str:

@@ -10,7 +10,9 @@ The translation to and from each dialect lives in the sans-IO modules beside thi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -125,8 +127,12 @@ class _Connection:
         return True
 
 
+_ID_PREFIX = secrets.token_hex(8)  # per process; the counter makes each id unique within it
+_ids = itertools.count(1)
+
+
 def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+    return f"{prefix}{_ID_PREFIX}{next(_ids):08x}"
 
 
 class Gateway:
@@ -172,18 +178,19 @@ class Gateway:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = _Connection(stream)
-        timeout = REQUEST_TIMEOUT
         try:
-            while True:
-                got = None
-                with trio.move_on_after(timeout):
+            # One scope for the connection's life; its deadline bounds each wait for a request
+            # (no whole request in time: an idle keep-alive or a stuck client) and not the answers.
+            with trio.move_on_after(REQUEST_TIMEOUT) as waiting:
+                while True:
                     got = await conn.next_request()
-                if got is None:
-                    return  # closed, or no whole request in time (idle keep-alive or a stuck client)
-                await self._respond(conn, *got)
-                if not conn.next_cycle():
-                    return
-                timeout = KEEPALIVE_TIMEOUT
+                    if got is None:
+                        return  # the client closed
+                    waiting.deadline = math.inf
+                    await self._respond(conn, *got)
+                    if not conn.next_cycle():
+                        return
+                    waiting.deadline = trio.current_time() + KEEPALIVE_TIMEOUT
         except h11.RemoteProtocolError as e:
             if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 conn.close_after = True
@@ -305,8 +312,8 @@ class Gateway:
                     gone = True
                     nursery.cancel_scope.cancel()  # cancels the upstream request too
 
-                async def send(event: StreamEvent) -> None:
-                    out = responder.feed(event)
+                async def send(events: list[StreamEvent]) -> None:
+                    out = [o for e in events for o in responder.feed(e)]
                     if not out:
                         return
                     try:
@@ -321,10 +328,10 @@ class Gateway:
                 except Exception:
                     log.exception("HTTP request for %s failed inside the daemon", model)
                     await send(
-                        ErrorEvent(kind="internal", message="internal error in the daemon (see its log)")
+                        [ErrorEvent(kind="internal", message="internal error in the daemon (see its log)")]
                     )
                 if not responder.finished:
-                    await send(ErrorEvent(kind="internal", message="the answer ended without a finish"))
+                    await send([ErrorEvent(kind="internal", message="the answer ended without a finish")])
                 nursery.cancel_scope.cancel()
         if gone:
             conn.close_after = True

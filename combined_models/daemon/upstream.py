@@ -1,0 +1,298 @@
+"""The chat path's HTTP/1.1 client: h11 over trio streams, with a keep-alive pool per provider.
+
+Why not httpx here: its client and transport layers cost about half a millisecond
+per streamed request on loopback (measured against h11 alone), which was most of
+the time the daemon added to the first token. A chat attempt needs little of what
+they offer: one POST, a streamed body, keep-alive, TLS. httpx stays for everything
+else (model listings, token exchanges, metadata), and its TLS policy is used here.
+
+No proxies (the actor's httpx client never used the environment's either), no
+HTTP/2, no redirects, no cookies. Timeouts other than connecting are the caller's
+cancel scopes.
+"""
+
+from __future__ import annotations
+
+import functools
+import select
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+from .. import __version__
+
+RECEIVE_SIZE = 65536
+MAX_IDLE_PER_ORIGIN = 64
+KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection is kept; servers close theirs after a minute or more
+USER_AGENT = f"combined-models/{__version__}"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ConnectFailed(Exception):
+    """No connection could be made (name, refusal, timeout, TLS handshake): nothing was sent."""
+
+
+class ConnectionBroken(Exception):
+    """The connection failed or broke the protocol after it was made."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One URL, split once for the wire."""
+
+    scheme: str
+    host: str
+    port: int
+    authority: str  # the Host header: port only when not the scheme's default
+    path: str  # path and query, as sent on the request line
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host, self.port
+
+
+@functools.lru_cache(maxsize=256)
+def parse_target(url: str) -> Target:
+    """Each distinct URL parsed once; raises ValueError for what this client cannot reach."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    return Target(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port,
+        authority=host_header(parts.scheme, parts.hostname, port),
+        path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+    )
+
+
+def host_header(scheme: str, host: str, port: int) -> str:
+    """What an HTTP client sends as Host (and SigV4 signs): lower-cased, port only when not the default."""
+    host = host.lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    return host if port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's own verification policy (its CA bundle), built once: building one takes ~50 ms."""
+    import httpx
+
+    context = httpx.create_ssl_context(trust_env=False)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class _Connection:
+    def __init__(
+        self, stream: trio.abc.Stream, sock: trio.SocketStream, origin: tuple[str, str, int]
+    ) -> None:
+        self.stream = stream
+        self.socket = sock  # the TCP stream under any TLS, to check an idle one for a close
+        self.origin = origin
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def looks_closed(self) -> bool:
+        """An idle keep-alive connection that is readable has been closed by the server (or is broken)."""
+        try:
+            readable, _, _ = select.select([self.socket.socket.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close_now(self) -> None:
+        """Close without waiting: no TLS close_notify (an idle connection owes the server nothing)."""
+        self.socket.socket.close()
+
+
+class Response:
+    """A response whose body is read as it arrives. Close it (`aclose`) in every case."""
+
+    def __init__(self, pool: Pool, conn: _Connection, head: h11.Response) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self.status = head.status_code
+        headers: dict[str, str] = {}
+        for name, value in head.headers:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.headers = headers  # names lower-cased; repeated fields joined, as httpx does
+        self._complete = False
+        self._error: ConnectionBroken | None = None  # held back until the bytes before it are out
+        self._decoder = _content_decoder(headers.get("content-encoding", ""))
+
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes that have arrived (waiting for some), or None at its end.
+
+        Raises ConnectionBroken if the connection breaks or the body is malformed.
+        """
+        conn = self._conn
+        if self._error is not None:
+            raise self._error
+        if conn is None or self._complete:
+            return None
+        parts: list[bytes] = []
+        # Everything already received, in one piece: one decode per read, not one per HTTP chunk.
+        while True:
+            try:
+                event = conn.h11.next_event()
+                while event is h11.NEED_DATA and not parts:
+                    conn.h11.receive_data(bytes(await conn.stream.receive_some(RECEIVE_SIZE)))
+                    event = conn.h11.next_event()
+            except h11.ProtocolError as e:
+                self._error = ConnectionBroken(f"the response body broke off: {e}")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                self._error = ConnectionBroken(f"connection lost mid-body: {e!r}")
+            else:
+                if isinstance(event, h11.Data):
+                    parts.append(bytes(event.data))
+                    continue
+                if isinstance(event, h11.EndOfMessage):
+                    self._complete = True
+                elif event is not h11.NEED_DATA:  # ConnectionClosed, or a second response
+                    self._error = ConnectionBroken("the server closed the connection mid-body")
+            break
+        if not parts and self._error is not None:
+            raise self._error
+        data = b"".join(parts)
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error as e:
+                raise ConnectionBroken(f"cannot decode the compressed body: {e}") from e
+        if not data and self._complete:
+            return None
+        return data
+
+    async def aclose(self) -> None:
+        """Give the connection back when the body was read to its end; close it otherwise."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._complete and conn.h11.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
+            conn.h11.start_next_cycle()
+            self._pool.put_back(conn)
+        else:
+            await trio.aclose_forcefully(conn.stream)
+
+
+def _content_decoder(encoding: str) -> Any:
+    """We ask for identity; a server that compresses anyway gets decoded (gzip and deflate)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    raise ConnectionBroken(f"unsupported content-encoding {encoding!r}")
+
+
+class Pool:
+    """Keep-alive connections to the origins of one provider. Owned by that provider's actor."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    def put_back(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.origin, [])
+        if self._closed or len(idle) >= MAX_IDLE_PER_ORIGIN:
+            conn.close_now()
+            return
+        conn.idle_since = trio.current_time()
+        idle.append(conn)
+
+    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = trio.current_time()
+        while idle:
+            conn = idle.pop()  # the most recently used: the likeliest to be alive
+            if now - conn.idle_since < KEEPALIVE_EXPIRY and not conn.looks_closed():
+                return conn
+            conn.close_now()
+        return None
+
+    async def _connect(self, target: Target) -> _Connection:
+        try:
+            with trio.fail_after(self.connect_timeout):
+                sock = await trio.open_tcp_stream(target.host, target.port)
+                stream: trio.abc.Stream = sock
+                if target.scheme == "https":
+                    tls = trio.SSLStream(
+                        sock, _tls_context(), server_hostname=target.host, https_compatible=True
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(sock)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise ConnectFailed(f"connect timeout after {self.connect_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError) as e:
+            raise ConnectFailed(f"cannot connect to {target.authority}: {e}") from e
+        return _Connection(stream, sock, target.origin)
+
+    async def stream(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Response:
+        """Send a request; return once the response head is in. The body is read from the Response.
+
+        Raises ConnectFailed (nothing was sent) or ConnectionBroken. A kept-alive
+        connection the server has closed is noticed before it is used; one that
+        breaks after the request went out is not retried here (the server may
+        have taken it): that is the caller's failover to decide.
+        """
+        try:
+            target = parse_target(url)
+        except ValueError as e:
+            raise ConnectFailed(str(e)) from None
+        head = [
+            ("host", target.authority),
+            ("user-agent", USER_AGENT),
+            ("accept-encoding", "identity"),
+            *headers.items(),
+            ("content-length", str(len(body))),
+        ]
+        request = h11.Request(method=method, target=target.path, headers=head)
+        conn = self._take_idle(target.origin) or await self._connect(target)
+        try:
+            payload = b"".join(
+                conn.h11.send(e) or b"" for e in (request, h11.Data(data=body), h11.EndOfMessage())
+            )
+            await conn.stream.send_all(payload)
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    conn.h11.receive_data(bytes(await conn.stream.receive_some(RECEIVE_SIZE)))
+                elif isinstance(event, h11.Response):
+                    return Response(self, conn, event)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionBroken("the server closed the connection before answering")
+                elif not isinstance(event, h11.InformationalResponse):  # 1xx are skipped
+                    raise ConnectionBroken(f"unexpected {type(event).__name__} before the response head")
+        except h11.ProtocolError as e:
+            await trio.aclose_forcefully(conn.stream)
+            raise ConnectionBroken(f"malformed response: {e}") from e
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            await trio.aclose_forcefully(conn.stream)
+            raise ConnectionBroken(f"connection failed before a response: {e!r}") from e
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when their responses do."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close_now()
+        self._idle.clear()
