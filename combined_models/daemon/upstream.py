@@ -19,7 +19,6 @@ import ssl
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import trio
@@ -64,7 +63,7 @@ def parse_target(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    port = parts.port if parts.port is not None else _DEFAULT_PORTS[parts.scheme]
     return Target(
         scheme=parts.scheme,
         host=parts.hostname,
@@ -104,11 +103,13 @@ class _Connection:
 
     def looks_closed(self) -> bool:
         """An idle keep-alive connection that is readable has been closed by the server (or is broken)."""
+        # poll, not select: a busy daemon's descriptors go past select's 1024.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([self.socket.socket.fileno()], [], [], 0)
+            poller.register(self.socket.socket.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     def close_now(self) -> None:
         """Close without waiting: no TLS close_notify (an idle connection owes the server nothing)."""
@@ -170,6 +171,8 @@ class Response:
                 data = self._decoder.decompress(data)
             except zlib.error as e:
                 raise ConnectionBroken(f"cannot decode the compressed body: {e}") from e
+            if self._complete and not self._decoder.eof:
+                raise ConnectionBroken("the compressed body ended early")
         if not data and self._complete:
             return None
         return data
@@ -179,21 +182,44 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._complete and conn.h11.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
+        done = conn.h11.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}
+        # Bytes past the end of the body would be read as the next request's answer: not reused.
+        if self._complete and done and not conn.h11.trailing_data[0]:
             conn.h11.start_next_cycle()
             self._pool.put_back(conn)
         else:
             await trio.aclose_forcefully(conn.stream)
 
 
-def _content_decoder(encoding: str) -> Any:
+def _content_decoder(encoding: str) -> _Inflate | None:
     """We ask for identity; a server that compresses anyway gets decoded (gzip and deflate)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
-        return zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        return _Inflate()
     raise ConnectionBroken(f"unsupported content-encoding {encoding!r}")
+
+
+class _Inflate:
+    """gzip or zlib (header detected); for `deflate` without a header, raw deflate, as httpx reads it."""
+
+    def __init__(self) -> None:
+        self._zlib = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)
+        self._first = True
+
+    @property
+    def eof(self) -> bool:
+        return self._zlib.eof
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._first and data:
+            self._first = False
+            try:
+                return self._zlib.decompress(data)
+            except zlib.error:
+                self._zlib = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+        return self._zlib.decompress(data)
 
 
 class Pool:
@@ -240,7 +266,8 @@ class Pool:
         except trio.TooSlowError:
             raise ConnectFailed(f"connect timeout after {self.connect_timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as e:
-            raise ConnectFailed(f"cannot connect to {target.authority}: {e}") from e
+            why = str(e) or repr(e.__cause__ or e)  # a failed TLS handshake says why only in its cause
+            raise ConnectFailed(f"cannot connect to {target.authority}: {why}") from e
         return _Connection(stream, sock, target.origin)
 
     async def stream(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Response:
@@ -262,7 +289,10 @@ class Pool:
             *headers.items(),
             ("content-length", str(len(body))),
         ]
-        request = h11.Request(method=method, target=target.path, headers=head)
+        try:
+            request = h11.Request(method=method, target=target.path, headers=head)
+        except h11.LocalProtocolError as e:  # a header with a line break, say: nothing is sent
+            raise ConnectFailed(f"cannot send this request: {e}") from None
         conn = self._take_idle(target.origin) or await self._connect(target)
         try:
             payload = b"".join(
