@@ -101,8 +101,12 @@ def loads_event(data: str | bytes) -> Any:
         return json.loads(data)
 
 
+_encode_json = msgspec.json.Encoder().encode
+
+
 def json_body(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON. msgspec, not `json`: an agent's request can carry megabytes of context."""
+    return _encode_json(obj)
 
 
 def join_url(base: str, path: str) -> str:
