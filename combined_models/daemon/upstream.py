@@ -153,7 +153,7 @@ class Response:
             except h11.ProtocolError as e:
                 self._error = ConnectionBroken(f"the response body broke off: {e}")
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                self._error = ConnectionBroken(f"connection lost mid-body: {e!r}")
+                self._error = ConnectionBroken(f"connection lost: {_reason(e)}")
             else:
                 if isinstance(event, h11.Data):
                     parts.append(bytes(event.data))
@@ -161,7 +161,7 @@ class Response:
                 if isinstance(event, h11.EndOfMessage):
                     self._complete = True
                 elif event is not h11.NEED_DATA:  # ConnectionClosed, or a second response
-                    self._error = ConnectionBroken("the server closed the connection mid-body")
+                    self._error = ConnectionBroken("the server closed the connection before the body ended")
             break
         if not parts and self._error is not None:
             raise self._error
@@ -189,6 +189,14 @@ class Response:
             self._pool.put_back(conn)
         else:
             await trio.aclose_forcefully(conn.stream)
+
+
+def _reason(e: BaseException) -> str:
+    """What went wrong, in words: trio's stream errors say it only in their cause (a reset, a TLS failure)."""
+    cause = e.__cause__ if isinstance(e, trio.BrokenResourceError | trio.ClosedResourceError) else None
+    if isinstance(cause, OSError) and cause.strerror and not isinstance(cause, ssl.SSLError):
+        return cause.strerror  # "Connection reset by peer"
+    return str(cause or e) or type(e).__name__
 
 
 def _content_decoder(encoding: str) -> _Inflate | None:
@@ -266,8 +274,7 @@ class Pool:
         except trio.TooSlowError:
             raise ConnectFailed(f"connect timeout after {self.connect_timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as e:
-            why = str(e) or repr(e.__cause__ or e)  # a failed TLS handshake says why only in its cause
-            raise ConnectFailed(f"cannot connect to {target.authority}: {why}") from e
+            raise ConnectFailed(f"cannot connect to {target.authority}: {_reason(e)}") from e
         return _Connection(stream, sock, target.origin)
 
     async def stream(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Response:
@@ -314,7 +321,7 @@ class Pool:
             raise ConnectionBroken(f"malformed response: {e}") from e
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             await trio.aclose_forcefully(conn.stream)
-            raise ConnectionBroken(f"connection failed before a response: {e!r}") from e
+            raise ConnectionBroken(f"connection lost before a response: {_reason(e)}") from e
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise
