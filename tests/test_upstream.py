@@ -929,3 +929,16 @@ async def test_a_request_h11_cannot_send_fails_as_documented(
             error = e
     assert isinstance(error, (ConnectFailed, ConnectionBroken)), repr(error)
     assert server.connections == 0  # nothing was sent
+
+
+def test_prepare_builds_the_tls_context_only_for_https() -> None:
+    upstream._tls_context.cache_clear()
+    pool = Pool(1.0)
+    pool.prepare("http://127.0.0.1:8080/v1")
+    pool.prepare("not a url at all")
+    assert upstream._tls_context.cache_info().currsize == 0
+    pool.prepare("https://api.example.com/v1")
+    assert upstream._tls_context.cache_info().currsize == 1
+    upstream._tls_context.cache_clear()
+    pool.prepare("")  # a URL derived later (Bedrock's from its region) is https
+    assert upstream._tls_context.cache_info().currsize == 1

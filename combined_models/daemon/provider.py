@@ -84,6 +84,8 @@ class ProviderActor:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             self._client, self._pool = client, Pool(self._timeout("connect_timeout"))
+            if not self.disabled:
+                self._pool.prepare(self.provider.base_url)
             task_status.started()
             try:
                 await trio.sleep_forever()

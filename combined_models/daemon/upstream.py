@@ -238,6 +238,15 @@ class Pool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
 
+    def prepare(self, base_url: str) -> None:
+        """Build the TLS context now if `base_url` needs one, so the first request does not wait ~50 ms."""
+        try:
+            https = not base_url or parse_target(base_url).scheme == "https"  # none: derived, e.g. Bedrock's
+        except ValueError:
+            return  # the request itself will say what is wrong with the URL
+        if https:
+            _tls_context()
+
     def put_back(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin, [])
         if self._closed or len(idle) >= MAX_IDLE_PER_ORIGIN:
