@@ -788,7 +788,7 @@ def server_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 
 def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    """What `_tls_context` builds, trusting the test CA (instead of the system's CAs)."""
+    """What `tls_context` builds, trusting the test CA (instead of the system's CAs)."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
     context.set_alpn_protocols(["http/1.1"])
@@ -810,7 +810,7 @@ async def test_tls_to_an_untrusted_server_is_refused(pool: Pool, server_tls: ssl
 async def test_tls_streams_and_keeps_alive_with_a_trusted_ca(
     pool: Pool, monkeypatch: pytest.MonkeyPatch, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
-    monkeypatch.setattr(upstream, "_tls_context", lambda: trusting(ca))
+    monkeypatch.setattr(upstream, "tls_context", lambda: trusting(ca))
     hosts: list[str] = []
 
     async def handler(wire: Wire) -> None:
@@ -831,7 +831,7 @@ async def test_tls_streams_and_keeps_alive_with_a_trusted_ca(
 async def test_tls_to_a_trusted_certificate_for_another_name_is_refused(
     pool: Pool, monkeypatch: pytest.MonkeyPatch, ca: trustme.CA
 ) -> None:
-    monkeypatch.setattr(upstream, "_tls_context", lambda: trusting(ca))
+    monkeypatch.setattr(upstream, "tls_context", lambda: trusting(ca))
     elsewhere = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("api.elsewhere.example").configure_cert(elsewhere)
 
@@ -929,16 +929,3 @@ async def test_a_request_h11_cannot_send_fails_as_documented(
             error = e
     assert isinstance(error, (ConnectFailed, ConnectionBroken)), repr(error)
     assert server.connections == 0  # nothing was sent
-
-
-def test_prepare_builds_the_tls_context_only_for_https() -> None:
-    upstream._tls_context.cache_clear()
-    pool = Pool(1.0)
-    pool.prepare("http://127.0.0.1:8080/v1")
-    pool.prepare("not a url at all")
-    assert upstream._tls_context.cache_info().currsize == 0
-    pool.prepare("https://api.example.com/v1")
-    assert upstream._tls_context.cache_info().currsize == 1
-    upstream._tls_context.cache_clear()
-    pool.prepare("")  # a URL derived later (Bedrock's from its region) is https
-    assert upstream._tls_context.cache_info().currsize == 1

@@ -26,7 +26,7 @@ from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
 from .errors import NO_PENALTY, Failure, UpstreamError
 from .health import Admission, HealthBook, State
-from .upstream import ConnectFailed, ConnectionBroken, Pool, Response
+from .upstream import ConnectFailed, ConnectionBroken, Pool, Response, tls_context
 
 MAX_ERROR_BODY = 64 * 1024
 # After the finish signal, read on to the end of the body (normally already here) so the
@@ -82,10 +82,9 @@ class ProviderActor:
         """Own the HTTP client for as long as the actor lives."""
         timeout = httpx.Timeout(None, connect=self._timeout("connect_timeout"))
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=30)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        tls = tls_context()  # built here, once per process, not on a first request
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, verify=tls) as client:
             self._client, self._pool = client, Pool(self._timeout("connect_timeout"))
-            if not self.disabled:
-                self._pool.prepare(self.provider.base_url)
             task_status.started()
             try:
                 await trio.sleep_forever()

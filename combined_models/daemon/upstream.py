@@ -82,8 +82,9 @@ def host_header(scheme: str, host: str, port: int) -> str:
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's own verification policy (its CA bundle), built once: building one takes ~50 ms."""
+def tls_context() -> ssl.SSLContext:
+    """httpx's own verification policy (its CA bundle), built once per process and shared by every
+    provider's clients, this one and httpx's: building one takes ~50 ms."""
     import httpx
 
     context = httpx.create_ssl_context(trust_env=False)
@@ -238,15 +239,6 @@ class Pool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
 
-    def prepare(self, base_url: str) -> None:
-        """Build the TLS context now if `base_url` needs one, so the first request does not wait ~50 ms."""
-        try:
-            https = not base_url or parse_target(base_url).scheme == "https"  # none: derived, e.g. Bedrock's
-        except ValueError:
-            return  # the request itself will say what is wrong with the URL
-        if https:
-            _tls_context()
-
     def put_back(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin, [])
         if self._closed or len(idle) >= MAX_IDLE_PER_ORIGIN:
@@ -272,7 +264,7 @@ class Pool:
                 stream: trio.abc.Stream = sock
                 if target.scheme == "https":
                     tls = trio.SSLStream(
-                        sock, _tls_context(), server_hostname=target.host, https_compatible=True
+                        sock, tls_context(), server_hostname=target.host, https_compatible=True
                     )
                     try:
                         await tls.do_handshake()
