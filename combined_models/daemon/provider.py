@@ -269,12 +269,15 @@ class ProviderActor:
             raise UpstreamError(Failure.SILENT, f"no response within {limit:.1f}s")
         try:
             if response.status != 200:
-                body = await _read_error_body(response, first_deadline)
+                body = await _read_rest(
+                    response, MAX_ERROR_BODY, max(first_deadline, trio.current_time() + 2)
+                )
                 raise dialect.classify_error(
                     response.status, response.headers, body, datetime.now(UTC)
                 ) from None
             finished = await self._relay(response, dialect.stream_decoder(), first_deadline, limit, on_items)
-            await _drain(response)
+            # To the body's end, so the connection goes back to the pool (see DRAIN_TIMEOUT).
+            await _read_rest(response, MAX_DRAIN, trio.current_time() + DRAIN_TIMEOUT)
             return finished
         finally:
             await response.aclose()
@@ -366,23 +369,13 @@ class ProviderActor:
         self.health.restore(data, now, time.time())
 
 
-async def _read_error_body(response: Response, deadline: float) -> bytes:
+async def _read_rest(response: Response, limit: int, deadline: float) -> bytes:
+    """The rest of a body, up to about `limit` bytes and until `deadline`; a broken connection ends it."""
     body = b""
-    with trio.move_on_at(max(deadline, trio.current_time() + 2.0)):
+    with trio.move_on_at(deadline):
         try:
-            while len(body) < MAX_ERROR_BODY and (part := await response.next_chunk()) is not None:
+            while len(body) < limit and (part := await response.next_chunk()) is not None:
                 body += part
         except ConnectionBroken:
             pass
     return body
-
-
-async def _drain(response: Response) -> None:
-    """Read the rest of a finished body, briefly: a body read to its end keeps its connection alive."""
-    read = 0
-    with trio.move_on_after(DRAIN_TIMEOUT):
-        try:
-            while read <= MAX_DRAIN and (chunk := await response.next_chunk()) is not None:
-                read += len(chunk)
-        except ConnectionBroken:
-            pass  # the answer is complete; only the connection is lost

@@ -317,14 +317,12 @@ class Pool:
                     raise ConnectionBroken("the server closed the connection before answering")
                 elif not isinstance(event, h11.InformationalResponse):  # 1xx are skipped
                     raise ConnectionBroken(f"unexpected {type(event).__name__} before the response head")
-        except h11.ProtocolError as e:
+        except BaseException as e:  # the connection is not reusable, whatever went wrong
             await trio.aclose_forcefully(conn.stream)
-            raise ConnectionBroken(f"malformed response: {e}") from e
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            await trio.aclose_forcefully(conn.stream)
-            raise ConnectionBroken(f"connection lost before a response: {_reason(e)}") from e
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
+            if isinstance(e, h11.ProtocolError):
+                raise ConnectionBroken(f"malformed response: {e}") from e
+            if isinstance(e, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+                raise ConnectionBroken(f"connection lost before a response: {_reason(e)}") from e
             raise
 
     def close(self) -> None:
