@@ -73,12 +73,15 @@ def parse_target(url: str) -> Target:
     )
 
 
-def host_header(scheme: str, host: str, port: int) -> str:
-    """What an HTTP client sends as Host (and SigV4 signs): lower-cased, port only when not the default."""
+def host_header(scheme: str, host: str, port: int | None) -> str:
+    """What an HTTP client sends as Host (and SigV4 signs): lower-cased, port only when not the default.
+
+    `port` None: the URL named none, so the scheme's default.
+    """
     host = host.lower()
     if ":" in host:
         host = f"[{host}]"  # IPv6 literal
-    return host if port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
 
 
 @functools.cache

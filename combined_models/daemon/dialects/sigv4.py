@@ -134,8 +134,7 @@ def _headers_to_sign(headers: Mapping[str, str], added: Mapping[str, str], url: 
 
 def _host_from_url(url: str) -> str:
     parts = urlsplit(url)
-    scheme = parts.scheme or "https"
-    return host_header(scheme, parts.hostname or "", parts.port or {"http": 80}.get(scheme, 443))
+    return host_header(parts.scheme, parts.hostname or "", parts.port)
 
 
 def _canonical_uri(path: str) -> str:
