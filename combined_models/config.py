@@ -7,6 +7,7 @@ A bad file raises `ConfigError` naming the file, the key and what was expected;
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 APIS = ("openai", "anthropic", "bedrock", "gemini", "copilot")
+MIN_DISCOVERY_INTERVAL = 60.0
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class ConfigError(Exception):
@@ -32,6 +35,8 @@ class FailoverConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     all_cooling_wait: float = 3.0  # when every member cools: wait this long at most for the earliest
     long_prompt_chars: int = 200_000  # first-token timeout grows by its own length per this many prompt chars
     retry_backoff: float = 0.25  # first backoff between transient retries (jittered, doubling)
+    # Seconds a request waits for one of a provider's `max_concurrency` slots; then it fails over.
+    slot_wait: float = 3.0
 
 
 class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -60,8 +65,11 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _hide_key(self: ProviderConfig) -> str:
-    shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__struct_fields__ if f != "api_key")
-    return f"ProviderConfig({shown}, api_key={'[redacted]' if self.api_key else None})"
+    shown = ", ".join(
+        f"{f}={getattr(self, f)!r}" for f in self.__struct_fields__ if f not in ("api_key", "headers")
+    )
+    headers = {name: "[redacted]" for name in self.headers}  # they may carry keys too
+    return f"ProviderConfig({shown}, api_key={'[redacted]' if self.api_key else None}, headers={headers!r})"
 
 
 ProviderConfig.__repr__ = _hide_key  # type: ignore[method-assign,assignment]  # keys never reach a log line
@@ -78,6 +86,9 @@ class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:4141"
     token: str | None = None  # None: generated once and kept 0600 in the state dir
     allow_remote: bool = False  # the explicit opt-in to listen on a non-loopback address
+    # Web pages a browser may call the front door from (`Origin` values, e.g. "http://localhost:3000").
+    # A request with any other `Origin` is refused: a page must not spend the user's providers.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         # msgspec turns a ValueError here into a ValidationError at `http`, which names the file.
@@ -100,6 +111,16 @@ class HttpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
 
 
+class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Bounds that keep one client from taking the daemon (or other clients) down with it."""
+
+    max_connections: int = 256  # per door (socket, HTTP); more are refused with an error
+    # A client that stops reading its answer holds a provider slot for at most this many seconds.
+    client_stall_timeout: float = 30.0
+    # Seconds a frame or HTTP request may stay incomplete once its first byte arrived.
+    partial_frame_timeout: float = 30.0
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     provider_priority: list[str] = msgspec.field(default_factory=list)
     min_providers: int = 2
@@ -113,6 +134,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: Literal["off", "models.dev"] = "off"
     metadata_url: str = "https://models.dev/api.json"
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -216,8 +238,12 @@ def _check(cfg: Config, source: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: `{key}`: {why}")
 
-    if cfg.discovery_interval <= 0:
-        raise bad("discovery_interval", f"expected seconds > 0, got {cfg.discovery_interval}")
+    if not cfg.discovery_interval >= MIN_DISCOVERY_INTERVAL:
+        raise bad(
+            "discovery_interval",
+            f"expected seconds >= {MIN_DISCOVERY_INTERVAL:g} (listing models more often only spends "
+            f"requests), got {cfg.discovery_interval}",
+        )
     if cfg.min_providers < 1:
         raise bad("min_providers", f"expected an integer >= 1, got {cfg.min_providers}")
     f = cfg.failover
@@ -227,7 +253,7 @@ def _check(cfg: Config, source: str) -> None:
     for name in ("first_token_timeout", "idle_timeout", "connect_timeout"):
         if not getattr(f, name) > 0:
             raise bad(f"failover.{name}", f"expected seconds > 0, got {getattr(f, name)}")
-    for name in ("retry_wait_max", "all_cooling_wait", "retry_backoff"):
+    for name in ("retry_wait_max", "all_cooling_wait", "retry_backoff", "slot_wait"):
         if not getattr(f, name) >= 0:
             raise bad(f"failover.{name}", f"expected seconds >= 0, got {getattr(f, name)}")
     for pid, p in cfg.providers.items():
@@ -245,16 +271,23 @@ def _check(cfg: Config, source: str) -> None:
         preset_url = preset is not None and preset.api == api and preset.base_url is not None
         if p.base_url is None and not preset_url and api != "bedrock":
             raise bad(f"providers.{pid}.base_url", "required for a provider without a preset")
-        if p.base_url is not None and not p.base_url.startswith(("http://", "https://")):
-            raise bad(f"providers.{pid}.base_url", f"expected an http(s) URL, got {p.base_url!r}")
+        if p.base_url is not None and (why := _bad_base_url(p.base_url)):
+            raise bad(f"providers.{pid}.base_url", f"{why}, got {p.base_url!r}")
         if p.max_concurrency < 1:
             raise bad(f"providers.{pid}.max_concurrency", "expected an integer >= 1")
         for name in ("first_token_timeout", "idle_timeout", "connect_timeout"):
             value = getattr(p, name)
             if value is not None and not value > 0:
                 raise bad(f"providers.{pid}.{name}", f"expected seconds > 0, got {value}")
+        for name, value in p.headers.items():
+            if not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
+                raise bad(
+                    f"providers.{pid}.headers.{name}", "expected an HTTP header name and a one-line value"
+                )
     known = set(cfg.providers) | set(PRESETS)
     for i, pid in enumerate(cfg.provider_priority):
+        if pid in cfg.provider_priority[:i]:
+            raise bad(f"provider_priority[{i}]", f"{pid!r} is listed twice")
         if pid not in known:
             raise bad(f"provider_priority[{i}]", f"unknown provider {pid!r}: add a [providers.{pid}] section")
     for cid, c in cfg.combined.items():
@@ -268,9 +301,37 @@ def _check(cfg: Config, source: str) -> None:
                 raise bad(f"combined.{cid}.members[{i}]", f"expected 'provider/model', got {m!r}")
             if pid not in cfg.providers and pid not in cfg.provider_priority:
                 raise bad(f"combined.{cid}.members[{i}]", f"unknown provider {pid!r}")
+    for i, origin in enumerate(cfg.http.allowed_origins):
+        if not origin.startswith(("http://", "https://")) or urlsplit(origin).path not in ("", "/"):
+            raise bad(
+                f"http.allowed_origins[{i}]",
+                f"expected an origin such as 'http://localhost:3000', got {origin!r}",
+            )
+    lim = cfg.limits
+    if lim.max_connections < 1:
+        raise bad("limits.max_connections", f"expected an integer >= 1, got {lim.max_connections}")
+    for name in ("client_stall_timeout", "partial_frame_timeout"):
+        if not getattr(lim, name) > 0:
+            raise bad(f"limits.{name}", f"expected seconds > 0, got {getattr(lim, name)}")
     host, sep, port = cfg.http.listen.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")
+
+
+def _bad_base_url(url: str) -> str:
+    """Why `url` cannot be a provider's base URL ("" when it can): the daemon appends paths to it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        return "expected an http(s) URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected an http(s) URL"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "expected a URL without a query or fragment (the daemon appends the API's paths)"
+    if parts.username or parts.password:
+        return "expected a URL without credentials (use api_key or api_key_env)"
+    return ""
 
 
 def provider_ids(cfg: Config) -> list[str]:

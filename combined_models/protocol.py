@@ -117,6 +117,7 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     socket: str = ""
     config: str = ""
     http: str = ""  # the HTTP front door's host:port; empty when it is off
+    http_error: str = ""  # why the front door is off although the config turns it on (cannot bind)
 
 
 class StatusInfo(msgspec.Struct, kw_only=True):
