@@ -304,6 +304,7 @@ class Server:
     def status(self) -> StatusInfo:
         status = self.supervisor.status()
         status.daemon.http = self.http_address
+        status.daemon.http_error = self.gateway.error if self.gateway is not None else ""
         return status
 
     @contextlib.contextmanager

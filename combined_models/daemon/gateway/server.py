@@ -147,6 +147,7 @@ class Gateway:
         self.supervisor = server.supervisor
         self.config = server.supervisor.cfg.http
         self.address = ""  # host:port once listening
+        self.error = ""  # why it is not listening although the config turns it on
         self.token = ""
         self.created = int(time.time())
         self._accepting = trio.CancelScope()
@@ -157,7 +158,8 @@ class Gateway:
             host, port = split_listen(self.config.listen)
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
-            log.warning("HTTP front door off: cannot listen on %s: %s", self.config.listen, e)
+            self.error = f"cannot listen on {self.config.listen}: {e.strerror or e}"
+            log.warning("HTTP front door off: %s", self.error)
             task_status.started()
             return
         for extra in listeners[1:]:  # a name with several addresses: keep one, so there is one port
