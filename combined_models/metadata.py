@@ -9,11 +9,14 @@ capabilities, which feed the capability checks of failover.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgspec
 
 MODELS_DEV_URL = "https://models.dev/api.json"
+# The catalog is a couple of megabytes; anything far larger is not it.
+MAX_CATALOG_BYTES = 32 * 1024 * 1024
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -32,7 +35,10 @@ Catalog = dict[str, dict[str, ModelInfo]]  # provider id -> model id -> info
 
 def _num(d: Any, key: str) -> float | None:
     v = d.get(key) if isinstance(d, dict) else None
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None  # JSON's 1e999 reads as infinity
 
 
 def _flag(d: dict[str, Any], key: str) -> bool | None:
@@ -41,8 +47,16 @@ def _flag(d: dict[str, Any], key: str) -> bool | None:
 
 
 def parse_models_dev(body: bytes) -> Catalog:
-    """models.dev's api.json (`{provider: {models: {id: {...}}}}`, optionally under "providers")."""
-    data = json.loads(body)
+    """models.dev's api.json (`{provider: {models: {id: {...}}}}`, optionally under "providers").
+
+    Raises ValueError for anything that is not such a catalog (too large, nested too deep, not JSON).
+    """
+    if len(body) > MAX_CATALOG_BYTES:
+        raise ValueError(f"models.dev catalog: larger than {MAX_CATALOG_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ValueError("models.dev catalog: nested too deep") from None
     if isinstance(data, dict) and isinstance(data.get("providers"), dict):
         data = data["providers"]
     if not isinstance(data, dict):
@@ -60,7 +74,8 @@ def parse_models_dev(body: bytes) -> Catalog:
             modalities = m.get("modalities") if isinstance(m.get("modalities"), dict) else {}
             inputs = modalities.get("input") if isinstance(modalities, dict) else None
             context, output = _num(limit, "context"), _num(limit, "output")
-            table[str(m.get("id") or mid)] = ModelInfo(
+            model_id = m.get("id")
+            table[model_id if isinstance(model_id, str) and model_id else str(mid)] = ModelInfo(
                 name=m["name"] if isinstance(m.get("name"), str) else None,
                 context_window=int(context) if context else None,
                 max_output=int(output) if output else None,

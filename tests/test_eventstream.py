@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from combined_models.daemon.dialects.eventstream import (
     MAX_HEADERS_LENGTH,
+    MAX_MESSAGE_LENGTH,
     MAX_PAYLOAD_LENGTH,
     EventStreamDecoder,
     EventStreamError,
@@ -311,7 +312,19 @@ def test_oversize_payload_length_fails_on_the_prelude() -> None:
     with pytest.raises(
         EventStreamError, match=f"payload length {MAX_PAYLOAD_LENGTH + 1} exceeds the maximum"
     ):
-        EventStreamDecoder().feed(prelude(16 + MAX_PAYLOAD_LENGTH + 1, 0))
+        EventStreamDecoder(max_message_length=2**32).feed(prelude(16 + MAX_PAYLOAD_LENGTH + 1, 0))
+
+
+def test_a_message_longer_than_the_limit_fails_on_its_prelude_before_its_bytes_arrive() -> None:
+    with pytest.raises(
+        EventStreamError, match=f"message length {MAX_MESSAGE_LENGTH + 1} exceeds the maximum"
+    ):
+        EventStreamDecoder().feed(prelude(MAX_MESSAGE_LENGTH + 1, 0))
+    # Exactly at the limit is waited for (nothing raised, nothing decoded yet).
+    decoder = EventStreamDecoder(max_message_length=64)
+    assert decoder.feed(prelude(64, 0) + b"x" * 10) == []
+    with pytest.raises(EventStreamError, match="message length 65 exceeds the maximum of 64"):
+        EventStreamDecoder(max_message_length=64).feed(prelude(65, 0))
 
 
 def test_total_length_smaller_than_headers() -> None:

@@ -29,6 +29,7 @@ class Failure(enum.StrEnum):
     CONTENT_FILTER = "content_filter"
     PREFILL_REJECTED = "prefill_rejected"
     UNSUPPORTED = "unsupported"  # the request uses something this dialect cannot express
+    BUSY = "busy"  # every one of the provider's concurrency slots stayed taken for `slot_wait`
 
 
 # Classes that belong to the account or the host, not to one model.
@@ -45,6 +46,7 @@ NO_PENALTY = frozenset(
         Failure.CONTENT_FILTER,
         Failure.PREFILL_REJECTED,
         Failure.UNSUPPORTED,
+        Failure.BUSY,
     }
 )
 

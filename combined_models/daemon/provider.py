@@ -7,26 +7,27 @@ run one `attempt`; the actor records every outcome in its own `HealthBook`.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import trio
 
 from ..capabilities import Capabilities, default_capabilities, with_overrides
-from ..chat import ChatRequest, DecodedItem, Finished
+from ..chat import ChatRequest, DecodedItem, Finished, ToolCallEvent
 from ..config import FailoverConfig, ResolvedProvider
+from ..limits import MAX_DEPTH, too_deep
 from ..metadata import ModelInfo
 from ..protocol import ModelHealth, ProviderStatus
 from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
-from .errors import NO_PENALTY, Failure, UpstreamError
-from .health import Admission, HealthBook, State
-from .upstream import ConnectFailed, ConnectionBroken, Pool, Response, tls_context
+from .errors import NO_PENALTY, Failure, UpstreamError, classify_status
+from .health import Admission, HealthBook, SavedBook, State
+from .upstream import ConnectFailed, ConnectionBroken, LimitedBody, Pool, Response, tls_context
 
 MAX_ERROR_BODY = 64 * 1024
 # After the finish signal, read on to the end of the body (normally already here) so the
@@ -35,8 +36,12 @@ DRAIN_TIMEOUT = 0.1
 MAX_DRAIN = 64 * 1024
 DISCOVERY_TIMEOUT = 20.0  # seconds for a whole model listing, all pages
 MAX_MODEL_PAGES = 50
+MAX_LISTING_BODY = 32 * 1024 * 1024  # one page; the largest real listing (OpenRouter's) is a few MB
+MAX_LISTED_MODELS = 20_000  # all pages; real providers list hundreds
 MAX_CACHED_MODELS = 4096
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
+
+log = logging.getLogger("combined_models.daemon")
 
 OnItems = Callable[[list[DecodedItem]], Awaitable[None]]  # what one read of the body decoded to
 
@@ -146,36 +151,58 @@ class ProviderActor:
             self.offered, self.catalog_source, self.catalog_fetched_at = list(models), "cached", fetched_at
 
     async def discover(self) -> bool:
-        """List the provider's models. On failure keep what we had and remember why, for status."""
+        """List the provider's models. On failure keep what we had and remember why, for status.
+
+        Whatever goes wrong in a listing (an error, a hostile body, a bug of ours) ends here:
+        only cancellation passes.
+        """
         assert self.dialect is not None and self._client is not None, "actor not running"
-        ids: list[str] = []
         try:
             with trio.fail_after(DISCOVERY_TIMEOUT):
-                cursor: str | None = None
-                for _ in range(MAX_MODEL_PAGES):
-                    endpoint = await self.credentials.endpoint(self._client)
-                    req = self.dialect.build_list_models(endpoint, datetime.now(UTC), cursor)
-                    resp = await self._client.request(
-                        req.method, req.url, headers=req.headers, content=req.body or None
-                    )
-                    if resp.status_code != 200:
-                        raise self.dialect.classify_error(
-                            resp.status_code, dict(resp.headers), resp.content, datetime.now(UTC)
-                        )
-                    page, cursor = self.dialect.parse_models(resp.content, cursor)
-                    ids += page
-                    if cursor is None:
-                        break
+                ids = await self._list_models(self.dialect, self._client)
         except trio.TooSlowError:
-            self.catalog_error = f"model listing failed: timed out after {DISCOVERY_TIMEOUT:.0f}s"
-            return False
-        except (UpstreamError, httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-            why = e.message if isinstance(e, UpstreamError) else repr(e)
-            self.catalog_error = self.redact(f"model listing failed: {why}")
-            return False
-        self.offered = list(dict.fromkeys(ids))
+            return self._listing_failed(f"timed out after {DISCOVERY_TIMEOUT:.0f}s")
+        except UpstreamError as e:
+            return self._listing_failed(e.message)
+        except (httpx.HTTPError, ConnectionBroken, ValueError, KeyError, TypeError) as e:
+            return self._listing_failed(repr(e))
+        except Exception as e:
+            log.error("%s: model listing failed inside the daemon", self.id, exc_info=True)
+            return self._listing_failed(f"internal error ({type(e).__name__})")
+        self.offered = ids
         self.catalog_source, self.catalog_error, self.catalog_fetched_at = "live", None, time.time()
         return True
+
+    def _listing_failed(self, why: str) -> bool:
+        self.catalog_error = self.redact(f"model listing failed: {why}")
+        return False
+
+    async def _list_models(self, dialect: Dialect, client: httpx.AsyncClient) -> list[str]:
+        """Every page of the listing, each body and the whole list bounded."""
+        ids: dict[str, None] = {}  # in order, without repeats
+        cursor: str | None = None
+        for _ in range(MAX_MODEL_PAGES):
+            endpoint = await self.credentials.endpoint(client)
+            req = dialect.build_list_models(endpoint, datetime.now(UTC), cursor)
+            # Raw bytes, decoded here within a limit: httpx would inflate a bomb whole.
+            headers = {**req.headers, "accept-encoding": "gzip, deflate"}
+            async with client.stream(req.method, req.url, headers=headers, content=req.body or None) as resp:
+                ok = resp.status_code == 200
+                body = LimitedBody(
+                    resp.headers.get("content-encoding", ""), MAX_LISTING_BODY if ok else MAX_ERROR_BODY
+                )
+                async for raw in resp.aiter_raw():
+                    body.feed(raw)
+                content = body.body()
+            if not ok:
+                raise _classify(dialect, resp.status_code, dict(resp.headers), content)
+            page, cursor = dialect.parse_models(content, cursor)
+            ids.update(dict.fromkeys(page))
+            if len(ids) > MAX_LISTED_MODELS:
+                raise ValueError(f"the listing names more than {MAX_LISTED_MODELS} models")
+            if cursor is None:
+                break
+        return list(ids)
 
     # ------------------------------------------------------------ decisions
 
@@ -199,12 +226,7 @@ class ProviderActor:
         """
         assert self.dialect is not None and self._client is not None, "actor not running"
         assert self._pool is not None
-        # Not `async with`: its checkpoint is a trip round the event loop on every first-token
-        # path. Below the limit the token is taken at once; only at the limit does this wait.
-        try:
-            self._limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await self._limiter.acquire()
+        await self._take_slot(model)
         try:
             self.in_flight += 1
             self.requests += 1
@@ -232,6 +254,33 @@ class ProviderActor:
             return finished
         finally:
             self._limiter.release()
+
+    async def _take_slot(self, model: str) -> None:
+        """One of the `max_concurrency` slots, waiting at most `slot_wait`; else a BUSY failure.
+
+        Callers that stop reading hold their slots for as long as they like: an unbounded wait
+        here would keep every later request from failing over to an idle provider.
+        """
+        # Not `async with`: its checkpoint is a trip round the event loop on every first-token
+        # path. Below the limit the token is taken at once; only at the limit does this wait.
+        try:
+            self._limiter.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            pass
+        try:
+            with trio.move_on_after(self.failover.slot_wait):
+                await self._limiter.acquire()
+                return
+        except BaseException:
+            self.health.release(model, trio.current_time())  # cancelled while waiting: no verdict
+            raise
+        # Not the provider's fault, and no answer came: a probe `admit` took goes to the next request.
+        self.health.release(model, trio.current_time())
+        limit = self._limiter.total_tokens
+        raise UpstreamError(
+            Failure.BUSY, f"all {limit} concurrency slots stayed busy for {self.failover.slot_wait:g}s"
+        )
 
     def _record_failure(self, model: str, e: UpstreamError) -> None:
         now = trio.current_time()
@@ -272,9 +321,7 @@ class ProviderActor:
                 body = await _read_rest(
                     response, MAX_ERROR_BODY, max(first_deadline, trio.current_time() + 2)
                 )
-                raise dialect.classify_error(
-                    response.status, response.headers, body, datetime.now(UTC)
-                ) from None
+                raise _classify(dialect, response.status, response.headers, body) from None
             finished = await self._relay(response, dialect.stream_decoder(), first_deadline, limit, on_items)
             # To the body's end, so the connection goes back to the pool (see DRAIN_TIMEOUT).
             await _read_rest(response, MAX_DRAIN, trio.current_time() + DRAIN_TIMEOUT)
@@ -303,7 +350,7 @@ class ProviderActor:
                 except ConnectionBroken as e:
                     where = "mid-stream" if got_content else "before output"
                     raise UpstreamError(Failure.TRANSIENT, f"{e} ({where})") from e
-                items = decoder.close() if chunk is None else decoder.feed(chunk)
+                items = _decode(decoder, chunk)
                 finished = next((i for i, item in enumerate(items) if isinstance(item, Finished)), None)
                 if finished is not None:
                     items, last = items[:finished], items[finished]
@@ -323,7 +370,9 @@ class ProviderActor:
 
     def redact(self, text: str) -> str:
         """Keys never appear in errors, logs or status, even when a provider echoes one back."""
-        for secret in self.credentials.secrets():
+        # Configured header values (a proxy's token, an org id) are as secret as keys.
+        secrets = (*self.credentials.secrets(), *self.provider.config.headers.values())
+        for secret in sorted(secrets, key=len, reverse=True):  # a longer one may contain a shorter
             if len(secret) >= 4:
                 text = text.replace(secret, "[redacted]")
         return _KEYLIKE.sub(r"\1…", text)
@@ -362,11 +411,49 @@ class ProviderActor:
             models_offered=len(self.offered),
         )
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float) -> SavedBook:
         return self.health.snapshot(now, time.time())
 
-    def restore(self, data: dict[str, Any], now: float) -> None:
-        self.health.restore(data, now, time.time())
+    def restore(self, saved: SavedBook, now: float) -> None:
+        self.health.restore(saved, now, time.time())
+
+
+def _decode(decoder: StreamDecoder, chunk: bytes | None) -> list[DecodedItem]:
+    """The items `chunk` completes (None: the body ended).
+
+    Whatever a decoder raises on what the provider sent (a value of the wrong type, a number
+    out of range, nesting too deep) is the provider's malformed stream, not our bug: it fails
+    over like any broken stream. The cause is kept for the log.
+    """
+    try:
+        items = decoder.close() if chunk is None else decoder.feed(chunk)
+    except UpstreamError:
+        raise
+    except Exception as e:
+        raise UpstreamError(Failure.TRANSIENT, f"malformed stream: {_what(e)}") from e
+    for item in items:
+        # Arguments travel on to the caller and back in its next request: no deeper than a request may be.
+        if isinstance(item, ToolCallEvent) and too_deep(item.arguments):
+            raise UpstreamError(
+                Failure.TRANSIENT,
+                f"malformed stream: tool call {item.name!r} nests more than {MAX_DEPTH} levels deep",
+            )
+    return items
+
+
+def _classify(dialect: Dialect, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
+    """The error an HTTP error response means; a body the dialect cannot read still fails over by its status."""
+    try:
+        error = dialect.classify_error(status, headers, body, datetime.now(UTC))
+    except Exception as e:
+        return UpstreamError(classify_status(status), f"HTTP {status}: unreadable error body ({_what(e)})")
+    if isinstance(error, UpstreamError):
+        return error
+    return UpstreamError(classify_status(status), f"HTTP {status}: {error}")
+
+
+def _what(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
 
 
 async def _read_rest(response: Response, limit: int, deadline: float) -> bytes:
@@ -378,4 +465,4 @@ async def _read_rest(response: Response, limit: int, deadline: float) -> bytes:
                 body += part
         except ConnectionBroken:
             pass
-    return body
+    return body[:limit]

@@ -29,6 +29,8 @@ RECEIVE_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection is kept; servers close theirs after a minute or more
 USER_AGENT = f"combined-models/{__version__}"
+# A compressed body is inflated no further than this: a few kilobytes of deflate can claim gigabytes.
+MAX_INFLATED_BODY = 64 * 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -134,7 +136,7 @@ class Response:
         self.headers = headers  # names lower-cased; repeated fields joined, as httpx does
         self._complete = False
         self._error: ConnectionBroken | None = None  # held back until the bytes before it are out
-        self._decoder = _content_decoder(headers.get("content-encoding", ""))
+        self._decoder = _content_decoder(headers.get("content-encoding", ""), MAX_INFLATED_BODY)
 
     async def next_chunk(self) -> bytes | None:
         """The body bytes that have arrived (waiting for some), or None at its end.
@@ -171,10 +173,7 @@ class Response:
             raise self._error
         data = b"".join(parts)
         if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error as e:
-                raise ConnectionBroken(f"cannot decode the compressed body: {e}") from e
+            data = self._decoder.decompress(data)
             if self._complete and not self._decoder.eof:
                 raise ConnectionBroken("the compressed body ended early")
         if not data and self._complete:
@@ -203,35 +202,78 @@ def _reason(e: BaseException) -> str:
     return str(cause or e) or type(e).__name__
 
 
-def _content_decoder(encoding: str) -> _Inflate | None:
+def _content_decoder(encoding: str, limit: int) -> _Inflate | None:
     """We ask for identity; a server that compresses anyway gets decoded (gzip and deflate)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
-        return _Inflate()
+        return _Inflate(limit)
     raise ConnectionBroken(f"unsupported content-encoding {encoding!r}")
 
 
 class _Inflate:
-    """gzip or zlib (header detected); for `deflate` without a header, raw deflate, as httpx reads it."""
+    """gzip or zlib (header detected); for `deflate` without a header, raw deflate, as httpx reads it.
 
-    def __init__(self) -> None:
+    Never inflates past `limit` bytes in all: zlib's `max_length` stops a bomb inside the call
+    that would have inflated it, and the body is refused (ConnectionBroken).
+    """
+
+    def __init__(self, limit: int) -> None:
         self._zlib = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)
         self._first = True
+        self._left = limit
+        self._limit = limit
 
     @property
     def eof(self) -> bool:
         return self._zlib.eof
 
     def decompress(self, data: bytes) -> bytes:
-        if self._first and data:
-            self._first = False
-            try:
-                return self._zlib.decompress(data)
-            except zlib.error:
-                self._zlib = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
-        return self._zlib.decompress(data)
+        try:
+            if self._first and data:
+                self._first = False
+                try:
+                    return self._bounded(data)
+                except zlib.error:
+                    self._zlib = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+            return self._bounded(data)
+        except zlib.error as e:
+            raise ConnectionBroken(f"cannot decode the compressed body: {e}") from e
+
+    def _bounded(self, data: bytes) -> bytes:
+        # One byte more than allowed: getting it means the body is too large (and stops zlib there).
+        out = self._zlib.decompress(data, self._left + 1)
+        if len(out) > self._left:
+            raise ConnectionBroken(f"the compressed body inflates past {self._limit} bytes")
+        self._left -= len(out)
+        return out
+
+
+class LimitedBody:
+    """A whole response body read as raw chunks: its content-encoding undone, at most `limit` bytes. Sans-IO.
+
+    For answers read in one piece (model listings): `feed` the raw chunks, then `body()`.
+    Raises ConnectionBroken past the limit, for a bad compressed body or an unsupported encoding.
+    """
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        self._decoder = _content_decoder(content_encoding, limit)
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, raw: bytes) -> None:
+        data = raw if self._decoder is None else self._decoder.decompress(raw)
+        self._size += len(data)
+        if self._size > self._limit:
+            raise ConnectionBroken(f"the body is larger than {self._limit} bytes")
+        self._parts.append(data)
+
+    def body(self) -> bytes:
+        if self._decoder is not None and not self._decoder.eof:
+            raise ConnectionBroken("the compressed body ended early")
+        return b"".join(self._parts)
 
 
 class Pool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +34,7 @@ from .base import (
     join_url,
     json_body,
     loads_event,
+    loads_json,
     short,
 )
 from .sse import SSEEvent
@@ -299,7 +299,7 @@ class AnthropicDialect:
         return HttpRequest("GET", url, headers)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = json.loads(body)
+        data = loads_json(body)
         if not isinstance(data, dict):
             raise ValueError("model list is not a JSON object")
         items = data.get("data") or []
@@ -476,7 +476,7 @@ class _ToolBlock:
             # No fragments (or only the usual empty first one): the input stays as it started.
             return ToolCallEvent(self.call_id, self.name, self.initial)
         try:
-            args = json.loads(raw)
+            args = loads_json(raw)
         except ValueError:
             args = None
         if not isinstance(args, dict):

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import msgspec
 
 from ...chat import ChatRequest, DecodedItem
+from ...limits import TooDeep
 from ..errors import Failure, UpstreamError
-from .sse import SSEDecoder, SSEEvent
+from .sse import SSEDecoder, SSEEvent, SSETooLong
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +94,27 @@ def loads_event(data: str | bytes) -> Any:
     """One stream event's JSON, as `json.loads` reads it, several times faster (every token pays this).
 
     msgspec refuses a lone surrogate escape that `json` accepts; such an event goes to `json`,
-    so nothing a provider may validly send is refused. Raises ValueError for bad JSON.
+    so nothing a provider may validly send is refused. Raises ValueError for bad JSON, and
+    `TooDeep` (a ValueError) for nesting too deep for the interpreter.
     """
     try:
         return _decode_json(data)
     except msgspec.DecodeError:
+        return loads_json(data)
+    except RecursionError:
+        raise TooDeep() from None
+
+
+def loads_json(data: str | bytes) -> Any:
+    """`json.loads` for what a provider sends (listings, error bodies, tool arguments).
+
+    A few kilobytes of `[[[[` exhaust the interpreter's recursion: reported as `TooDeep`,
+    a ValueError like any other bad JSON, as `limits.decode_bounded` does.
+    """
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise TooDeep() from None
 
 
 _encode_json = msgspec.json.Encoder().encode
@@ -121,7 +137,7 @@ def short(text: str, limit: int = 500) -> str:
 def error_object(body: bytes) -> dict[str, Any]:
     """The error object of an error body (`{"error": {...}}`, bare, or wrapped in an array)."""
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except ValueError:
         return {}
     if isinstance(data, list) and data:  # some proxies wrap errors in an array
@@ -145,12 +161,18 @@ class SSEJsonDecoder:
 
     def feed(self, data: bytes) -> list[DecodedItem]:
         out: list[DecodedItem] = []
-        for event in self._sse.feed(data):
+        try:
+            events = self._sse.feed(data)
+        except SSETooLong as e:
+            raise UpstreamError(Failure.TRANSIENT, f"malformed stream: {e}") from None
+        for event in events:
             if self._done:
                 break
             try:
                 out.extend(self._on_event(event))
-            except (TypeError, AttributeError, ValueError, KeyError) as e:
+            except UpstreamError:
+                raise
+            except Exception as e:  # anything a malformed event makes us raise is the provider's fault
                 raise UpstreamError(
                     Failure.TRANSIENT, f"malformed stream event: {short(event.data, 80)!r}"
                 ) from e

@@ -8,7 +8,6 @@ key as a bearer token. The answer is the binary AWS event stream
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from ...chat import (
 )
 from ..errors import Failure, UpstreamError, classify_status, retry_after_from_headers
 from .aws_credentials import AwsCredentials
-from .base import Endpoint, HttpRequest, join_url, json_body, loads_event, short
+from .base import Endpoint, HttpRequest, join_url, json_body, loads_event, loads_json, short
 from .eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from .sigv4 import model_path, sign_request
 
@@ -420,7 +419,7 @@ class BedrockDialect:
         return _authorized("GET", url, headers, b"", endpoint, now)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = json.loads(body)
+        data = loads_json(body)
         if not isinstance(data, dict):
             raise ValueError("model list is not a JSON object")
         if cursor is None:
@@ -461,7 +460,7 @@ def _error_code_and_message(headers: Mapping[str, str], body: bytes) -> tuple[st
     """As botocore: `x-amzn-ErrorType` (before `:`, after the last `#`), else body `__type`/`code`."""
     raw = next((v for k, v in headers.items() if k.lower() == "x-amzn-errortype"), "")
     try:
-        data = json.loads(body) if body else {}
+        data = loads_json(body) if body else {}
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -569,8 +568,9 @@ class BedrockStreamDecoder:
                 out.extend(self._message(message))
             except UpstreamError as e:
                 out.extend(self._broken(e))
-            except (TypeError, AttributeError, ValueError, KeyError) as e:
-                # Valid JSON of the wrong shape is a malformed event too: a stream failure, not our bug.
+            except Exception as e:
+                # Valid JSON of the wrong shape (or too deep, or a number out of range) is a
+                # malformed event too: a stream failure, not our bug.
                 what = f"{message.event_type or message.message_type}: {message.payload[:80]!r}"
                 out.extend(
                     self._broken(UpstreamError(Failure.TRANSIENT, f"malformed stream event {what}"), e)
@@ -669,7 +669,7 @@ class BedrockStreamDecoder:
 def _tool_call(block: _ToolBlock) -> ToolCallEvent:
     raw = "".join(block.input)
     try:
-        args = json.loads(raw) if raw.strip() else {}
+        args = loads_json(raw) if raw.strip() else {}
     except ValueError:
         raise UpstreamError(Failure.TRANSIENT, f"tool call {block.name!r} has invalid JSON input") from None
     if not isinstance(args, dict):
@@ -681,7 +681,7 @@ def _stream_exception(message: EventStreamMessage) -> UpstreamError:
     """An exception frame under HTTP 200: the answer broke mid-stream, so it is for failover."""
     name = message.exception_type or "exception"
     try:
-        payload = json.loads(message.payload)
+        payload = loads_json(message.payload)
     except ValueError:
         payload = None
     text = ""

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -14,7 +13,7 @@ from typing import Any
 
 from ...chat import ChatRequest, ImagePart, ToolResultPart
 from ..errors import Failure, UpstreamError, retry_after_from_text
-from .base import Endpoint, HttpRequest, error_object
+from .base import Endpoint, HttpRequest, error_object, loads_json
 from .copilot_auth import EDITOR_HEADERS
 from .openai import OpenAIDialect
 
@@ -108,7 +107,7 @@ class CopilotDialect(OpenAIDialect):
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
         """Chat models the account may pick, as Copilot's own clients filter the list."""
-        data = json.loads(body)
+        data = loads_json(body)
         items = data.get("data", []) if isinstance(data, dict) else []
         return [str(m["id"]) for m in items if _offered(m)], None
 

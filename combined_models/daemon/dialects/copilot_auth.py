@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import Failure, UpstreamError, classify_status
-from .base import HttpRequest, join_url, json_body, short
+from .base import HttpRequest, join_url, json_body, loads_json, short
 
 __all__ = [
     "COPILOT_CLIENT_ID",
@@ -243,7 +243,7 @@ def _json_headers() -> dict[str, str]:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

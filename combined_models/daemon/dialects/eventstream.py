@@ -22,6 +22,7 @@ from typing import ClassVar, TypeAlias
 
 __all__ = [
     "MAX_HEADERS_LENGTH",
+    "MAX_MESSAGE_LENGTH",
     "MAX_PAYLOAD_LENGTH",
     "EventStreamDecoder",
     "EventStreamError",
@@ -38,6 +39,9 @@ __all__ = [
 # Limits copied from botocore so a corrupt length can't make us buffer forever.
 MAX_HEADERS_LENGTH = 128 * 1024
 MAX_PAYLOAD_LENGTH = 24 * 1024 * 1024
+# What the decoder buffers for one message: a streamed event is a token or a tool call's input,
+# kilobytes; this refuses a hostile length before waiting for (and holding) its bytes.
+MAX_MESSAGE_LENGTH = 16 * 1024 * 1024
 
 _PRELUDE = struct.Struct("!III")
 _PRELUDE_LEN = _PRELUDE.size  # 12
@@ -204,7 +208,8 @@ class EventStreamDecoder:
     resynchronised and every later call raises it again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_length: int = MAX_MESSAGE_LENGTH) -> None:
+        self._max_message_length = max_message_length
         self._buf = bytearray()
         # total_len of the message at the head of the buffer, once its prelude is validated
         self._total_len: int | None = None
@@ -272,6 +277,10 @@ class EventStreamDecoder:
         if headers_len > MAX_HEADERS_LENGTH:
             raise EventStreamError(
                 f"headers length {headers_len} exceeds the maximum of {MAX_HEADERS_LENGTH}"
+            )
+        if total_len > self._max_message_length:
+            raise EventStreamError(
+                f"message length {total_len} exceeds the maximum of {self._max_message_length}"
             )
         if total_len < _MIN_MESSAGE_LEN + headers_len:
             raise EventStreamError(f"total length {total_len} too small for headers length {headers_len}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -43,6 +42,7 @@ from .base import (
     join_url,
     json_body,
     loads_event,
+    loads_json,
     short,
 )
 from .sse import SSEEvent
@@ -315,7 +315,7 @@ class GeminiDialect:
         return HttpRequest("GET", url, headers)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = json.loads(body)
+        data = loads_json(body)
         if not isinstance(data, dict):
             raise ValueError("model list is not a JSON object")
         ids: list[str] = []

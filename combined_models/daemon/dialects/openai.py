@@ -36,6 +36,7 @@ from .base import (
     join_url,
     json_body,
     loads_event,
+    loads_json,
     short,
 )
 from .sse import SSEEvent
@@ -157,7 +158,7 @@ class OpenAIDialect:
         return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = json.loads(body)
+        data = loads_json(body)
         items = data.get("data", []) if isinstance(data, dict) else []
         return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
 
@@ -268,7 +269,7 @@ class OpenAIStreamDecoder(SSEJsonDecoder):
         for index in sorted(self._calls):
             call = self._calls[index]
             try:
-                args = json.loads(call["arguments"] or "{}")
+                args = loads_json(call["arguments"] or "{}")
             except ValueError:
                 raise UpstreamError(
                     Failure.TRANSIENT, f"tool call {call['name']!r} has invalid JSON arguments"
