@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -9,6 +11,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
@@ -19,8 +22,8 @@ ENV_CONFIG = "COMBINED_MODELS_CONFIG"
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
 
-class PathError(Exception):
-    """A path we may not use (too long, wrong owner, too open)."""
+class PathError(OSError):
+    """A path we may not use (too long, wrong owner, a symbolic link where a directory must be)."""
 
 
 def config_file() -> Path:
@@ -66,19 +69,57 @@ def check_socket_path(path: Path) -> None:
         )
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create `path` as a 0700 directory owned by us, or refuse one that someone else could use."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PathError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+def ensure_private_dir(path: Path, *, follow_symlinks: bool = False) -> None:
+    """Make `path` a 0700 directory of ours: create it, or check an existing one and tighten it.
+
+    Refused with PathError: a symbolic link (unless `follow_symlinks`, for dirs
+    under the home, where only the user can plant one), anything but a
+    directory, a directory someone else owns. The mode is changed through the
+    opened directory, never through a path an attacker could swap meanwhile,
+    and only on a directory of ours.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise PathError(f"{path} is a symbolic link; refusing it for private files") from None
+        if e.errno == errno.ENOTDIR:
+            raise PathError(f"{path} is not a directory") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise PathError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open log file `path` for appending: 0600 in a 0700 dir of ours (a log holds prompts and errors)."""
+    ensure_private_dir(path.parent, follow_symlinks=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise PathError(f"{path} is not a regular file of yours")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `data` atomically (temp file + rename) with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `data` atomically (temp file + rename) with mode 0600, in a 0700 dir of ours."""
+    ensure_private_dir(path.parent, follow_symlinks=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

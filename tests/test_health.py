@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -11,18 +12,36 @@ import trio.testing
 from combined_models.daemon.errors import Failure
 from combined_models.daemon.health import (
     DEFAULT_POLICY,
+    MAX_STRIKES,
     Breaker,
     HealthBook,
+    HealthFile,
     Policy,
+    SavedBook,
+    SavedBreaker,
     State,
     admit,
+    decode_health_file,
     fail,
+    keep_models,
     release,
     succeed,
 )
 
 P = DEFAULT_POLICY
 T0 = 1000.0
+OFFERED = [
+    "a",
+    "b",
+    "c",
+    "m",
+    "claude",
+    "gpt",
+    "other",
+    "plain",
+    "hit",
+    "healed",
+]  # models with per-model health
 
 
 # ---------------------------------------------------------------- Breaker transitions
@@ -213,7 +232,7 @@ def test_disabled_stays_disabled(kind: Failure) -> None:
 
 
 def test_model_level_failure_blocks_only_that_model() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=20.0)
     assert book.admit("a", T0 + 1) == book.admit("a", T0 + 1)  # waiting takes nothing
     adm = book.admit("a", T0 + 1)
@@ -224,7 +243,7 @@ def test_model_level_failure_blocks_only_that_model() -> None:
 
 @pytest.mark.parametrize("kind", [Failure.AUTH, Failure.UNREACHABLE, Failure.QUOTA_EXHAUSTED])
 def test_provider_level_failure_blocks_every_model(kind: Failure) -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, kind)
     for model in ("a", "b", "never-seen"):
         adm = book.admit(model, T0 + 1)
@@ -234,7 +253,7 @@ def test_provider_level_failure_blocks_every_model(kind: Failure) -> None:
 
 
 def test_provider_probe_is_taken_once_for_all_models() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.UNREACHABLE)
     t = book.provider.until
     assert book.admit("b", t).decision == "probe"
@@ -244,7 +263,7 @@ def test_provider_probe_is_taken_once_for_all_models() -> None:
 
 
 def test_model_failure_during_a_provider_probe_clears_the_provider() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.UNREACHABLE)
     assert book.admit("a", book.provider.until).decision == "probe"
     book.fail("a", book.provider.until, Failure.RATE_LIMITED, hint=30.0)
@@ -254,7 +273,7 @@ def test_model_failure_during_a_provider_probe_clears_the_provider() -> None:
 
 
 def test_wait_reports_the_latest_blocker() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=100.0)
     book.fail("a", T0, Failure.UNREACHABLE, hint=5.0)
     adm = book.admit("a", T0 + 10)
@@ -264,7 +283,7 @@ def test_wait_reports_the_latest_blocker() -> None:
 
 
 def test_a_waiting_model_does_not_take_the_provider_probe() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=100.0)
     book.fail("b", T0, Failure.UNREACHABLE, hint=5.0)
     assert book.admit("a", T0 + 10).decision == "wait"
@@ -273,7 +292,7 @@ def test_a_waiting_model_does_not_take_the_provider_probe() -> None:
 
 
 def test_peek_does_not_take_the_probe() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=10.0)
     for _ in range(3):
         assert book.peek("a", T0 + 10).decision == "probe"
@@ -286,7 +305,7 @@ def test_peek_does_not_take_the_probe() -> None:
 
 
 def test_book_release_after_cancelled_probe() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.OVERLOADED)
     assert book.admit("a", T0 + 1).decision == "probe"
     book.release("a", T0 + 2)
@@ -294,7 +313,7 @@ def test_book_release_after_cancelled_probe() -> None:
 
 
 def test_book_no_penalty_failure_changes_nothing() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.CONTEXT_TOO_LONG)
     book.fail("a", T0, Failure.PREFILL_REJECTED)
     assert book.admit("a", T0).decision == "send"
@@ -302,7 +321,7 @@ def test_book_no_penalty_failure_changes_nothing() -> None:
 
 
 def test_disable() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.disable("no API key (set OPENAI_API_KEY)")
     adm = book.admit("a", T0)
     assert (adm.decision, adm.state) == ("wait", State.DISABLED)
@@ -313,7 +332,7 @@ def test_disable() -> None:
 
 
 def test_summary() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     assert book.summary(T0, ["a", "b"]) == (State.READY, 0.0)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=30.0)
     assert book.summary(T0, ["a", "b"]) == (State.READY, 0.0)  # b is still usable
@@ -326,7 +345,7 @@ def test_summary() -> None:
 
 
 def test_summary_down_only_when_every_model_is_down() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.models["a"] = fail(Breaker(), T0, Failure.AUTH)
     book.models["b"] = fail(Breaker(), T0, Failure.AUTH, hint=100.0)
     assert book.summary(T0, ["a", "b"]) == (State.DOWN, 100.0)
@@ -335,7 +354,7 @@ def test_summary_down_only_when_every_model_is_down() -> None:
 
 
 def test_summary_provider_probing() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.UNREACHABLE)
     book.admit("a", T0 + 2)
     assert book.summary(T0 + 2, ["a"]) == (State.PROBING, P.probe_timeout)
@@ -345,16 +364,17 @@ def test_summary_provider_probing() -> None:
 
 
 def test_snapshot_restore_across_a_restart_keeps_a_long_cooldown() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("claude", T0, Failure.RATE_LIMITED, hint=600.0)
     book.fail("gpt", T0, Failure.AUTH)
     wall = 1_750_000_000.0
-    snap = json.loads(json.dumps(book.snapshot(T0 + 100, wall)))  # must be JSON-able
+    snap = decode_health_file(msgspec.json.encode(HealthFile(providers={"p": book.snapshot(T0 + 100, wall)})))
+    snap_book = snap.providers["p"]
 
     # 50 s later, in a new process: the monotonic clock restarted near zero.
     new_now, new_wall = 3.0, wall + 50
-    fresh = HealthBook()
-    fresh.restore(snap, new_now, new_wall)
+    fresh = HealthBook(tracked=OFFERED)
+    fresh.restore(snap_book, new_now, new_wall)
     m = fresh.models["claude"]
     assert (m.state, m.strikes, m.reason) == (State.COOLDOWN, 1, "rate_limited")
     assert m.remaining(new_now) == pytest.approx(600 - 100 - 50)
@@ -368,64 +388,56 @@ def test_snapshot_restore_across_a_restart_keeps_a_long_cooldown() -> None:
 
 
 def test_restore_of_an_expired_cooldown_probes_at_once() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.RATE_LIMITED, hint=10.0)
     snap = book.snapshot(T0, 5000.0)
-    fresh = HealthBook()
+    fresh = HealthBook(tracked=OFFERED)
     fresh.restore(snap, 7.0, 5000.0 + 3600)
     assert fresh.admit("a", 7.0).decision == "probe"
 
 
 def test_snapshot_keeps_only_models_with_something_to_remember() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.admit("plain", T0)
     book.fail("hit", T0, Failure.RATE_LIMITED)
     book.models["healed"] = Breaker(strikes=2)
     snap = book.snapshot(T0, 0.0)
-    assert set(snap["models"]) == {"hit", "healed"}
-    fresh = HealthBook()
+    assert set(snap.models) == {"hit", "healed"}
+    fresh = HealthBook(tracked=OFFERED)
     fresh.restore(snap, 0.0, 0.0)
     assert fresh.models["healed"] == Breaker(strikes=2)
 
 
 def test_restore_turns_an_unanswered_probe_into_a_cooldown() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("a", T0, Failure.OVERLOADED)
     book.admit("a", T0 + 1)
     assert book.models["a"].state is State.PROBING
-    fresh = HealthBook()
+    fresh = HealthBook(tracked=OFFERED)
     fresh.restore(book.snapshot(T0 + 1, 100.0), 0.0, 100.0)
     assert fresh.models["a"].state is State.COOLDOWN
 
 
 def test_restore_does_not_carry_disabled_and_keeps_a_current_disable() -> None:
-    old = HealthBook()
+    old = HealthBook(tracked=OFFERED)
     old.disable("no key")
-    fresh = HealthBook()
+    fresh = HealthBook(tracked=OFFERED)
     fresh.restore(old.snapshot(T0, 0.0), 0.0, 0.0)
     assert fresh.provider.state is State.READY  # the key may be there now
 
-    down = HealthBook()
+    down = HealthBook(tracked=OFFERED)
     down.fail("a", T0, Failure.AUTH)
-    disabled = HealthBook()
+    disabled = HealthBook(tracked=OFFERED)
     disabled.disable("disabled in the config")
     disabled.restore(down.snapshot(T0, 0.0), 0.0, 0.0)
     assert disabled.provider.state is State.DISABLED
-
-
-def test_restore_tolerates_junk() -> None:
-    book = HealthBook()
-    book.restore({"provider": "x", "models": {"a": 5, "b": {}}}, 0.0, 0.0)
-    assert book.provider == Breaker()
-    assert "a" not in book.models
-    assert book.models["b"] == Breaker()
 
 
 # ---------------------------------------------------------------- on trio's clock
 
 
 async def test_full_cycle_on_trio_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     start = trio.current_time()
     assert book.admit("m", start).decision == "send"
     book.fail("m", trio.current_time(), Failure.RATE_LIMITED, hint=30.0)
@@ -446,7 +458,7 @@ async def test_full_cycle_on_trio_mock_clock(autojump_clock: trio.testing.MockCl
     book.succeed("m")
     assert book.admit("m", trio.current_time()).decision == "send"
     assert book.summary(trio.current_time(), ["m"]) == (State.READY, 0.0)
-    assert book.models["m"].strikes == 0
+    assert "m" not in book.models  # healed, with nothing left to remember
 
 
 # ---------------------------------------------------------------- requests in flight when a cooldown starts
@@ -477,7 +489,7 @@ def test_success_of_a_request_in_flight_does_not_end_a_cooldown() -> None:
 
 
 def test_reset_forgets_trips_but_not_a_disabled_provider() -> None:
-    book = HealthBook()
+    book = HealthBook(tracked=OFFERED)
     book.fail("m", T0, Failure.RATE_LIMITED, hint=600.0)
     book.fail("m", T0, Failure.UNREACHABLE)
     book.reset()
@@ -485,3 +497,146 @@ def test_reset_forgets_trips_but_not_a_disabled_provider() -> None:
     book.disable("no key")
     book.reset()
     assert book.provider.state is State.DISABLED
+
+
+# ---------------------------------------------------------------- bounded per-model health
+
+
+def test_an_untracked_model_leaves_no_trace_but_provider_health_applies() -> None:
+    book = HealthBook(tracked=["a"])
+    for n in range(100):
+        assert book.admit(f"unknown-{n}", T0).decision == "send"
+        book.fail(f"unknown-{n}", T0, Failure.RATE_LIMITED, hint=30.0)
+        book.succeed(f"unknown-{n}")
+    assert book.models == {}
+    book.fail("unknown-x", T0, Failure.UNREACHABLE)  # a provider-level failure still counts
+    assert book.admit("unknown-y", T0 + 1).decision == "wait"
+    assert book.admit("a", T0 + 1).decision == "wait"
+    assert book.models == {}
+
+
+def test_ready_entries_with_nothing_to_remember_are_not_stored() -> None:
+    book = HealthBook(tracked=["a"])
+    book.admit("a", T0)
+    book.succeed("a")
+    book.release("a", T0)
+    assert book.models == {}
+    book.fail("a", T0, Failure.TRANSIENT)  # one transient failure: a run toward the circuit is memory
+    assert book.models["a"].transient_run == 1
+
+
+RUNNING = Breaker(state=State.COOLDOWN, until=T0 + 10, strikes=1, reason="rate_limited")
+EXPIRED = Breaker(state=State.COOLDOWN, until=T0 - 10, strikes=1, reason="rate_limited")
+HEALED = Breaker(strikes=2)
+
+
+@pytest.mark.parametrize(
+    ("model", "breaker", "kept"),
+    [
+        ("offered", RUNNING, True),
+        ("offered", EXPIRED, True),  # its strikes still matter for the next trip
+        ("offered", HEALED, True),
+        ("offered", Breaker(), False),
+        ("gone", RUNNING, True),  # no longer offered, but still cooling: not sent to
+        ("gone", EXPIRED, False),
+        ("gone", HEALED, False),
+        ("gone", Breaker(state=State.PROBING, until=T0 + 5), True),
+    ],
+)
+def test_keep_models(model: str, breaker: Breaker, kept: bool) -> None:
+    assert (model in keep_models({model: breaker}, {"offered"}, T0, cap=10)) is kept
+
+
+def test_keep_models_over_the_cap_drops_expired_first_then_the_earliest_ending() -> None:
+    models = {
+        "healed": HEALED,
+        "expired": EXPIRED,
+        "soon": replace(RUNNING, until=T0 + 1),
+        "late": replace(RUNNING, until=T0 + 100),
+        "later": replace(RUNNING, until=T0 + 200),
+    }
+    assert set(keep_models(models, set(models), T0, cap=3)) == {"soon", "late", "later"}
+    assert set(keep_models(models, set(models), T0, cap=1)) == {"later"}
+    assert keep_models(models, set(models), T0, cap=0) == {}
+
+
+def test_the_book_stays_under_its_cap() -> None:
+    names = [f"m{n}" for n in range(50)]
+    book = HealthBook(Policy(max_models=8), tracked=names)
+    for n, name in enumerate(names):
+        book.fail(name, T0 + n, Failure.RATE_LIMITED, hint=1000.0)
+        assert len(book.models) <= 8
+    assert "m49" in book.models  # the newest trip is always remembered
+
+
+def test_track_prunes_what_is_no_longer_offered() -> None:
+    book = HealthBook(tracked=["a", "b", "c"])
+    book.fail("a", T0, Failure.RATE_LIMITED, hint=100.0)
+    book.fail("b", T0, Failure.RATE_LIMITED, hint=5.0)
+    book.fail("c", T0, Failure.RATE_LIMITED, hint=5.0)
+    book.track(["c"], T0 + 10)
+    assert set(book.models) == {"a", "c"}  # b expired and is gone; a still cools
+    book.track([], T0 + 200)
+    assert book.models == {}
+
+
+def test_strikes_stop_growing() -> None:
+    b = Breaker()
+    for n in range(200):
+        b = fail(b, T0 + n * 100, Failure.RATE_LIMITED)
+    assert b.strikes == MAX_STRIKES
+
+
+def test_restore_caps_a_cooldown_at_the_longest_hint() -> None:
+    saved = SavedBook(
+        models={"a": SavedBreaker(state=State.COOLDOWN, until_wall=1e10, strikes=1, reason="rate_limited")}
+    )
+    book = HealthBook(tracked=["a"])
+    book.restore(saved, 5.0, 1000.0)
+    assert book.models["a"].remaining(5.0) == P.hint_cap
+
+
+def test_restore_keeps_only_what_the_book_would_keep() -> None:
+    saved = SavedBook(
+        models={
+            "gone": SavedBreaker(state=State.COOLDOWN, until_wall=900.0, strikes=3),  # expired, not offered
+            "a": SavedBreaker(strikes=1),
+        }
+    )
+    book = HealthBook(tracked=["a"])
+    book.restore(saved, 0.0, 1000.0)
+    assert set(book.models) == {"a"}
+
+
+def test_snapshot_of_a_full_book_decodes() -> None:
+    names = [f"m{n}" for n in range(P.max_models + 10)]
+    book = HealthBook(tracked=names)
+    book.models = {m: RUNNING for m in names}  # as if the cap had been bypassed
+    data = msgspec.json.encode(HealthFile(providers={"p": book.snapshot(T0, 1e9)}))
+    assert len(decode_health_file(data).providers["p"].models) == P.max_models
+
+
+BAD_HEALTH = [
+    b"",
+    b"\xff\xfe\x00",
+    b"[]",
+    b'{"providers": []}',
+    b'{"providers": {"p": {"models": {"a": {"strikes": 65}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"strikes": -1}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"strikes": 1.5}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"strikes": ' + b"9" * 400 + b"}}}}}",
+    b'{"providers": {"p": {"models": {"a": {"until_wall": 1e308}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"until_wall": 1e400}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"until_wall": Infinity}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"until_wall": NaN}}}}}',
+    b'{"providers": {"p": {"models": {"a": {"state": "exploded"}}}}}',
+    b'{"providers": {"p": {"provider": {"reason": "' + b"x" * 300 + b'"}}}}',
+    b'{"saved_at": "yesterday"}',
+    b"[" * 100_000,
+]
+
+
+@pytest.mark.parametrize("data", BAD_HEALTH, ids=lambda d: repr(d[:40]))
+def test_decode_health_file_refuses_bad_contents(data: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):  # ValidationError is a DecodeError
+        decode_health_file(data)

@@ -7,18 +7,19 @@ a short-lived Copilot token and refreshing it before it expires.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import httpx
+import msgspec
 import platformdirs
 import trio
 
 from ..config import ResolvedProvider
 from ..paths import APP
+from ..statefile import load_or_quarantine
 from .dialects import Endpoint, copilot_auth
 from .dialects.aws_credentials import AwsCredentialsError, resolve_aws_credentials, resolve_region
 from .errors import Failure, UpstreamError
@@ -105,13 +106,20 @@ def copilot_token_path() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / COPILOT_TOKEN_FILE
 
 
+class StoredCopilotToken(msgspec.Struct):
+    """What `cmctl login github-copilot` stores (other fields it may add are ignored)."""
+
+    oauth_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+_stored_token_decoder = msgspec.json.Decoder(StoredCopilotToken)
+
+
 def _stored_copilot_token() -> str | None:
-    try:
-        data = json.loads(copilot_token_path().read_text())
-    except (OSError, ValueError):
-        return None
-    token = data.get("oauth_token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) and token else None
+    stored = load_or_quarantine(
+        copilot_token_path(), _stored_token_decoder.decode, what="stored GitHub token", max_bytes=64 * 1024
+    )
+    return stored.oauth_token if stored is not None else None
 
 
 def resolve_credentials(provider: ResolvedProvider) -> tuple[Credentials | None, str, str]:

@@ -10,11 +10,15 @@ what belongs to one model, so a 429 on one model leaves the others in use.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 from .errors import NO_PENALTY, PROVIDER_LEVEL, Failure
+
+MAX_STRIKES = 64  # far past where the default cooldown stops growing; keeps saved numbers small
 
 
 class State(enum.StrEnum):
@@ -45,6 +49,7 @@ class Policy:
     hint_cap: float = 7 * 86400.0  # the longest wait a provider's own hint may impose
     circuit_threshold: int = 3  # consecutive transient failures that open the circuit
     probe_timeout: float = 30.0  # an unanswered probe lets the next one through after this
+    max_models: int = 4096  # per-model entries one provider keeps, a last line behind `tracked`
 
     def cooldown(self, kind: Failure, strikes: int, hint: float | None) -> float:
         if hint is not None and hint > 0:
@@ -118,7 +123,7 @@ def fail(
             return replace(b, transient_run=run)
     state = State.DOWN if kind in (Failure.AUTH, Failure.QUOTA_EXHAUSTED) else State.COOLDOWN
     wait = policy.cooldown(kind, b.strikes, hint)
-    return Breaker(state=state, until=now + wait, strikes=b.strikes + 1, reason=kind.value)
+    return Breaker(state=state, until=now + wait, strikes=min(b.strikes + 1, MAX_STRIKES), reason=kind.value)
 
 
 def release(b: Breaker, now: float) -> Breaker:
@@ -135,13 +140,54 @@ class Admission:
     state: State = State.READY  # the blocking state, when waiting
 
 
-class HealthBook:
-    """One provider's health at both levels. Owned by its provider actor; transitions are pure."""
+def forgettable(b: Breaker) -> bool:
+    """Nothing to remember: a ready breaker with no past trips and no transient run. Pure."""
+    return b.state is State.READY and not b.strikes and not b.transient_run
 
-    def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
+
+def keep_models(
+    models: Mapping[str, Breaker], tracked: Container[str], now: float, cap: int
+) -> dict[str, Breaker]:
+    """The per-model entries worth keeping. Pure.
+
+    A model some member offers keeps whatever it remembers; a model no longer
+    offered keeps only a cooldown still running. Past `cap`, entries with a
+    running cooldown go last, and among them the ones ending latest.
+    """
+    kept = {m: b for m, b in models.items() if not forgettable(b) and (m in tracked or b.remaining(now) > 0)}
+    if len(kept) <= cap:
+        return kept
+    ranked = sorted(kept.items(), key=lambda mb: (mb[1].remaining(now) > 0, mb[1].until), reverse=True)
+    return dict(ranked[: max(cap, 0)])
+
+
+class HealthBook:
+    """One provider's health at both levels. Owned by its provider actor; transitions are pure.
+
+    Per-model entries exist only for `tracked` models (what some member offers):
+    callers may name any model, and the book must not grow with what they name.
+    A request for an untracked model is still admitted through the provider's
+    own health; it just leaves no per-model trace.
+    """
+
+    def __init__(self, policy: Policy = DEFAULT_POLICY, tracked: Iterable[str] = ()) -> None:
         self.policy = policy
         self.provider = Breaker()
         self.models: dict[str, Breaker] = {}
+        self.tracked: frozenset[str] = frozenset(tracked)
+
+    def track(self, models: Iterable[str], now: float) -> None:
+        """The models that may have per-model health from now on; stale entries of others are dropped."""
+        self.tracked = frozenset(models)
+        self.models = keep_models(self.models, self.tracked, now, self.policy.max_models)
+
+    def _store(self, model: str, b: Breaker, now: float) -> None:
+        if model not in self.tracked or forgettable(b):
+            self.models.pop(model, None)
+            return
+        if model not in self.models and len(self.models) >= self.policy.max_models:
+            self.models = keep_models(self.models, self.tracked, now, self.policy.max_models - 1)
+        self.models[model] = b
 
     def reset(self) -> None:
         """Forget every trip (not a disabled provider's reason): as after a restart without history."""
@@ -161,7 +207,7 @@ class HealthBook:
             until = max(b.until for b, _ in blockers)
             return Admission("wait", until, blockers[0][0].state)
         self.provider = p2
-        self.models[model] = m2
+        self._store(model, m2, now)
         return Admission("probe" if "probe" in (pd, md) else "send")
 
     def peek(self, model: str, now: float) -> Admission:
@@ -174,21 +220,22 @@ class HealthBook:
 
     def succeed(self, model: str) -> None:
         self.provider = succeed(self.provider)
-        self.models[model] = succeed(self.models.get(model, Breaker()))
+        # A success never creates an entry (a fresh breaker's success is forgettable), so no `now` is needed.
+        self._store(model, succeed(self.models.get(model, Breaker())), 0.0)
 
     def fail(self, model: str, now: float, kind: Failure, hint: float | None = None) -> None:
         if kind in PROVIDER_LEVEL:
             self.provider = fail(self.provider, now, kind, hint, self.policy)
-            self.models[model] = release(self.models.get(model, Breaker()), now)
+            self._store(model, release(self.models.get(model, Breaker()), now), now)
         else:
-            self.models[model] = fail(self.models.get(model, Breaker()), now, kind, hint, self.policy)
+            self._store(model, fail(self.models.get(model, Breaker()), now, kind, hint, self.policy), now)
             # The host answered, so a provider-level probe has its verdict.
             if self.provider.state is State.PROBING:
                 self.provider = succeed(self.provider)
 
     def release(self, model: str, now: float) -> None:
         self.provider = release(self.provider, now)
-        self.models[model] = release(self.models.get(model, Breaker()), now)
+        self._store(model, release(self.models.get(model, Breaker()), now), now)
 
     def disable(self, reason: str) -> None:
         self.provider = Breaker(state=State.DISABLED, reason=reason)
@@ -215,34 +262,79 @@ class HealthBook:
 
     # ------------------------------------------------------------ persistence
 
-    def snapshot(self, now: float, wall: float) -> dict[str, Any]:
-        """A JSON-able snapshot with wall-clock times, so it survives a restart."""
+    def snapshot(self, now: float, wall: float) -> SavedBook:
+        """What survives a restart, with wall-clock times; bounded like the book itself."""
 
-        def one(b: Breaker) -> dict[str, Any]:
-            return {
-                "state": b.state.value,
-                "until_wall": wall + (b.until - now),
-                "strikes": b.strikes,
-                "reason": b.reason,
-            }
-
-        keep = {m: one(b) for m, b in self.models.items() if b.state is not State.READY or b.strikes}
-        return {"provider": one(self.provider), "models": keep}
-
-    def restore(self, data: Mapping[str, Any], now: float, wall: float) -> None:
-        def one(d: Mapping[str, Any]) -> Breaker:
-            state = State(d.get("state", "ready"))
-            if state in (State.DISABLED, State.READY):
-                return Breaker(strikes=int(d.get("strikes", 0)))
-            if state is State.PROBING:  # a probe of the last run never came back
-                state = State.COOLDOWN
-            until = now + (float(d.get("until_wall", wall)) - wall)
-            return Breaker(
-                state=state, until=until, strikes=int(d.get("strikes", 0)), reason=str(d.get("reason", ""))
+        def one(b: Breaker) -> SavedBreaker:
+            timed = b.state in (State.COOLDOWN, State.DOWN, State.PROBING)
+            return SavedBreaker(
+                state=b.state,
+                until_wall=wall + (b.until - now) if timed else 0.0,
+                strikes=b.strikes,
+                reason=b.reason[:MAX_REASON],
             )
 
-        if isinstance(data.get("provider"), dict) and self.provider.state is not State.DISABLED:
-            self.provider = one(data["provider"])
-        for model, d in (data.get("models") or {}).items():
-            if isinstance(d, dict):
-                self.models[str(model)] = one(d)
+        kept = keep_models(self.models, self.tracked, now, self.policy.max_models)
+        models = {
+            m: one(b)
+            for m, b in kept.items()
+            if (b.state is not State.READY or b.strikes) and len(m) <= MAX_MODEL_NAME
+        }
+        return SavedBook(provider=one(self.provider), models=models)
+
+    def restore(self, saved: SavedBook, now: float, wall: float) -> None:
+        """Take over what an earlier run saved; a cooldown is never longer than a provider's hint may be."""
+
+        def one(s: SavedBreaker) -> Breaker:
+            if s.state in (State.DISABLED, State.READY):
+                return Breaker(strikes=s.strikes)
+            # A probe of the last run never came back: cooling, its end as saved.
+            state = State.COOLDOWN if s.state is State.PROBING else s.state
+            remaining = min(max(0.0, s.until_wall - wall), self.policy.hint_cap)
+            return Breaker(state=state, until=now + remaining, strikes=s.strikes, reason=s.reason)
+
+        if self.provider.state is not State.DISABLED:
+            self.provider = one(saved.provider)
+        restored = {m: one(s) for m, s in saved.models.items()}
+        self.models = keep_models({**self.models, **restored}, self.tracked, now, self.policy.max_models)
+
+
+# ---------------------------------------------------------------- the saved form
+# Decoded with exact types and bounds: a health file is input like any other.
+
+MAX_REASON = 256
+MAX_MODEL_NAME = 512
+MAX_PROVIDERS = 1024
+_MAX_WALL = 1e11  # seconds since the epoch, about the year 5000: finite and far from overflow
+
+
+class SavedBreaker(msgspec.Struct, kw_only=True):
+    state: State = State.READY
+    until_wall: Annotated[float, msgspec.Meta(ge=-_MAX_WALL, le=_MAX_WALL)] = 0.0
+    strikes: Annotated[int, msgspec.Meta(ge=0, le=MAX_STRIKES)] = 0
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+
+
+class SavedBook(msgspec.Struct, kw_only=True):
+    provider: SavedBreaker = msgspec.field(default_factory=SavedBreaker)
+    models: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=MAX_MODEL_NAME)], SavedBreaker],
+        msgspec.Meta(max_length=DEFAULT_POLICY.max_models),
+    ] = msgspec.field(default_factory=dict)
+
+
+class HealthFile(msgspec.Struct, kw_only=True):
+    """The daemon's health file: every provider's book."""
+
+    saved_at: Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_WALL)] = 0.0
+    providers: Annotated[dict[str, SavedBook], msgspec.Meta(max_length=MAX_PROVIDERS)] = msgspec.field(
+        default_factory=dict
+    )
+
+
+_health_decoder = msgspec.json.Decoder(HealthFile)
+
+
+def decode_health_file(data: bytes) -> HealthFile:
+    """Raises msgspec.ValidationError / DecodeError on anything but a well-formed, bounded file."""
+    return _health_decoder.decode(data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -10,8 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import msgspec
 import trio
 
 from .. import __version__, metadata
@@ -31,10 +32,14 @@ from ..chat import (
     ToolCallEvent,
 )
 from ..config import Config, provider_ids, resolve_provider
+from ..limits import decode_bounded
 from ..paths import write_private
 from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, StatusInfo
+from ..statefile import load_or_quarantine
+from .containment import contained, run_forever
 from .continuation import EchoFilter, continuation_request, unsupported
 from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
+from .health import HealthFile, decode_health_file
 from .provider import ProviderActor
 
 log = logging.getLogger("combined_models.daemon")
@@ -45,6 +50,31 @@ Send = Callable[[list[StreamEvent]], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
 METADATA_INTERVAL = 86400.0
 STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
+METADATA_MAX_BYTES = 32 * 1024 * 1024  # models.dev's catalog is a few MB
+METADATA_FETCH_TIMEOUT = 120.0
+MAX_CATALOG_MODELS = 10_000  # one provider's cached listing (a few hundred is typical)
+MAX_MODEL_ID = 512
+
+
+class CachedCatalog(msgspec.Struct):
+    """One provider's last good listing, as the catalog cache keeps it."""
+
+    models: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_MODEL_ID)]],
+        msgspec.Meta(max_length=MAX_CATALOG_MODELS),
+    ] = []
+    fetched_at: Annotated[float, msgspec.Meta(ge=0.0, le=1e11)] | None = None  # wall clock
+
+
+class CatalogFile(msgspec.Struct):
+    providers: Annotated[dict[str, CachedCatalog], msgspec.Meta(max_length=1024)] = {}
+
+
+_catalog_decoder = msgspec.json.Decoder(CatalogFile)
+
+
+class MetadataTooLarge(Exception):
+    pass
 
 
 class UnknownModel(Exception):
@@ -208,6 +238,7 @@ class Supervisor:
         # (provider, model) pairs that answered a prefill with a 400: remembered for the daemon's life.
         self.no_prefill: set[tuple[str, str]] = set()
         self.started_at = time.monotonic()
+        self._save_error: str | None = None  # why the last health save failed, logged once
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -228,7 +259,8 @@ class Supervisor:
             try:
                 await trio.sleep_forever()
             finally:
-                self.save_health()  # synchronous: runs even while being cancelled
+                with contained(log, "saving health at shutdown"):
+                    self.save_health()  # synchronous: runs even while being cancelled
 
     # ------------------------------------------------------------ model catalogs
 
@@ -248,31 +280,44 @@ class Supervisor:
                         info.input_cost,
                         info.output_cost,
                     )
+        self._track_models()
+
+    def _track_models(self) -> None:
+        """Per-model health only for models some member offers: callers may name any model."""
+        named = {pid: {*a.offered, *(a.provider.models or ())} for pid, a in self.actors.items()}
+        for combined in self.cfg.combined.values():
+            for member in combined.members:
+                pid, _, model = member.partition("/")
+                if pid in named:
+                    named[pid].add(model)
+        # (before trio runs, nothing has been restored into the books yet: any `now` will do)
+        now = trio.current_time() if trio.lowlevel.in_trio_run() else 0.0
+        for pid, actor in self.actors.items():
+            actor.health.track(named[pid], now)
 
     def _load_catalogs(self) -> None:
         """The last good listing of each discovering provider, so a restart without network still serves."""
         if self.catalog_file is None:
             return
-        try:
-            data = json.loads(self.catalog_file.read_text())
-        except (OSError, ValueError):
-            return
-        for pid, entry in (data.get("providers") or {}).items():
+        saved = load_or_quarantine(self.catalog_file, _catalog_decoder.decode, what="model catalog cache")
+        for pid, entry in saved.providers.items() if saved is not None else ():
             actor = self.actors.get(pid)
-            if actor is not None and actor.discovers and isinstance(entry, dict):
-                models = [str(m) for m in entry.get("models") or []]
-                actor.use_cached(models, float(entry.get("fetched_at") or 0.0))
+            if actor is not None and actor.discovers:
+                actor.use_cached(list(entry.models), entry.fetched_at or 0.0)
 
     def _save_catalogs(self) -> None:
         if self.catalog_file is None:
             return
         keep = {
-            pid: {"models": a.offered, "fetched_at": a.catalog_fetched_at}
+            pid: CachedCatalog(
+                models=[m for m in a.offered if len(m) <= MAX_MODEL_ID][:MAX_CATALOG_MODELS],
+                fetched_at=a.catalog_fetched_at,
+            )
             for pid, a in self.actors.items()
             if a.catalog_source in ("live", "cached")
         }
         try:
-            write_private(self.catalog_file, json.dumps({"providers": keep}, indent=1).encode())
+            write_private(self.catalog_file, msgspec.json.encode(CatalogFile(providers=keep)))
         except OSError as e:
             log.warning("cannot save model catalogs to %s: %s", self.catalog_file, e)
 
@@ -297,10 +342,14 @@ class Supervisor:
                 self._save_catalogs()
 
     async def _discover_periodically(self, first: trio.Event) -> None:
-        while True:
-            await self.refresh_catalogs()
-            first.set()
+        async def one_pass() -> None:
+            try:
+                await self.refresh_catalogs()
+            finally:
+                first.set()  # a failed first listing must not hold up startup
             await trio.sleep(self.cfg.discovery_interval)
+
+        await run_forever(log, "model discovery", one_pass)
 
     # ------------------------------------------------------------ optional metadata (models.dev)
 
@@ -312,67 +361,94 @@ class Supervisor:
     def _load_metadata(self) -> None:
         if self.metadata_file is None:
             return
-        try:
-            self._apply_metadata(metadata.parse_models_dev(self.metadata_file.read_bytes()))
-        except (OSError, ValueError):
-            return
+        catalog = load_or_quarantine(
+            self.metadata_file,
+            metadata.parse_models_dev,
+            what="model metadata cache",
+            max_bytes=METADATA_MAX_BYTES,
+        )
+        if catalog is not None:
+            self._apply_metadata(catalog)
+
+    async def _download_metadata(self) -> bytes:
+        body = bytearray()
+        with trio.fail_after(METADATA_FETCH_TIMEOUT):
+            async with (
+                httpx.AsyncClient(timeout=30, trust_env=True) as client,
+                client.stream("GET", self.cfg.metadata_url) as resp,
+            ):
+                resp.raise_for_status()
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > METADATA_MAX_BYTES:
+                        raise MetadataTooLarge(f"larger than {METADATA_MAX_BYTES} bytes")
+        return bytes(body)
 
     async def _fetch_metadata_periodically(self) -> None:
         """Fetch the catalog now and daily; any failure leaves what we had (nothing depends on it)."""
-        while True:
+
+        async def one_pass() -> None:
             try:
-                async with httpx.AsyncClient(timeout=30, trust_env=True) as client:
-                    resp = await client.get(self.cfg.metadata_url)
-                resp.raise_for_status()
-                catalog = metadata.parse_models_dev(resp.content)
-            except (httpx.HTTPError, ValueError) as e:
+                body = await self._download_metadata()
+                catalog = decode_bounded(metadata.parse_models_dev, body)
+            except (httpx.HTTPError, trio.TooSlowError, MetadataTooLarge, ValueError, OverflowError) as e:
                 log.info("model metadata unavailable (%s); going on without it", e)
             else:
                 self._apply_metadata(catalog)
                 if self.metadata_file is not None:
                     try:
-                        write_private(self.metadata_file, resp.content)
+                        write_private(self.metadata_file, body)
                     except OSError as e:
                         log.warning("cannot cache model metadata: %s", e)
             await trio.sleep(METADATA_INTERVAL)
+
+        await run_forever(log, "fetching model metadata", one_pass)
 
     # ------------------------------------------------------------ health persistence
 
     def _restore_health(self) -> None:
         if self.health_file is None:
             return
-        try:
-            data = json.loads(self.health_file.read_text())
-        except (OSError, ValueError):
-            return
+        saved = load_or_quarantine(self.health_file, decode_health_file, what="health file")
         now = trio.current_time()
-        for pid, snap in (data.get("providers") or {}).items():
-            if pid in self.actors and isinstance(snap, dict):
-                self.actors[pid].restore(snap, now)
+        for pid, book in saved.providers.items() if saved is not None else ():
+            if pid in self.actors:
+                self.actors[pid].restore(book, now)
 
-    def save_health(self) -> None:
+    def save_health(self) -> bool:
+        """Write every provider's health; False when it cannot be written (logged once until it can)."""
         if self.health_file is None:
-            return
+            return True
         now = trio.current_time()
-        data = {
-            "saved_at": time.time(),
-            "providers": {pid: a.snapshot(now) for pid, a in self.actors.items()},
-        }
+        data = HealthFile(
+            saved_at=time.time(), providers={pid: a.snapshot(now) for pid, a in self.actors.items()}
+        )
         try:
-            write_private(self.health_file, json.dumps(data, indent=1).encode())
+            write_private(self.health_file, msgspec.json.encode(data))
         except OSError as e:
-            log.warning("cannot save health to %s: %s", self.health_file, e)
+            why = e.strerror or str(e)
+            if why != self._save_error:  # a read-only or full disk is not news every two seconds
+                log.warning("cannot save health to %s: %s (retrying)", self.health_file, why)
+            self._save_error = why
+            return False
+        if self._save_error is not None:
+            log.info("health saved to %s again", self.health_file)
+            self._save_error = None
+        return True
 
     async def _save_health_periodically(self) -> None:
         last = b""
-        while True:
+
+        async def one_pass() -> None:
+            nonlocal last
             await trio.sleep(HEALTH_SAVE_INTERVAL)
             # Only write when something other than the passing time changed.
             # The snapshot with both clocks at 0 holds the states, strikes and cooldown ends as they are.
-            key = json.dumps({p: a.health.snapshot(0.0, 0.0) for p, a in self.actors.items()}).encode()
-            if key != last:
+            key = msgspec.json.encode({p: a.health.snapshot(0.0, 0.0) for p, a in self.actors.items()})
+            if key != last and self.save_health():
                 last = key
-                self.save_health()
+
+        await run_forever(log, "saving health", one_pass)
 
     # ------------------------------------------------------------ queries
 
