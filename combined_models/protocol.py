@@ -108,6 +108,7 @@ class ProviderStatus(msgspec.Struct, kw_only=True):
     catalog: str = ""  # where its model list came from: static, live, cached, none
     catalog_error: str | None = None  # why the last listing failed (the cached list is still served)
     models_offered: int = 0
+    models_truncated: int = 0  # per-model entries left out of `models` so the reply fits in one frame
 
 
 class DaemonInfo(msgspec.Struct, kw_only=True):
@@ -142,6 +143,7 @@ class CombinedModel(msgspec.Struct, kw_only=True):
 
 class ModelsInfo(msgspec.Struct, kw_only=True):
     models: list[CombinedModel]
+    truncated: bool = False  # some combined models were left out so the reply fits in one frame
 
 
 class StatusReply(msgspec.Struct, tag="status_reply", tag_field="type", kw_only=True):

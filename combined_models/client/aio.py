@@ -43,7 +43,7 @@ from ..protocol import (
     encode_frame,
     server_decoder,
 )
-from .sync import ConnectionClosed, DaemonUnavailable, error_event, make_request
+from .sync import ConnectionClosed, DaemonUnavailable, check_same_user, error_event, make_request
 
 _Item = ServerFrame | ConnectionClosed
 
@@ -190,6 +190,7 @@ async def open_client(socket_path: str | os.PathLike[str] | None = None) -> Asyn
     except OSError as e:
         raise DaemonUnavailable(f"no daemon at {path} ({e.strerror or e})") from None
     async with stream:
+        check_same_user(stream.extra(anyio.abc.SocketAttribute.raw_socket), path)
         client = AsyncClient(stream)
         decoder = FrameDecoder()
         await client._send(Hello(version=PROTOCOL_VERSION, client="combined-models-async"))

@@ -16,6 +16,7 @@ import msgspec
 
 from ..chat import ChatRequest, DoneEvent, ErrorEvent, Message, StreamEvent
 from ..paths import socket_path as default_socket_path
+from ..peercred import HasSockopt, peer_uid
 from ..protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -73,6 +74,18 @@ def make_request(
     return ChatRequest(messages=[Message("user", prompt)], system=system, max_tokens=max_tokens)
 
 
+def check_same_user(sock: HasSockopt, path: Path) -> None:
+    """Raise DaemonUnavailable when another user's process serves `path` (where the OS tells).
+
+    Checked before anything is sent: a prompt must not reach a process the user does not own.
+    """
+    uid = peer_uid(sock)
+    if uid is not None and uid != os.getuid():
+        raise DaemonUnavailable(
+            f"the process serving {path} runs as uid {uid}, not as you (uid {os.getuid()}); not talking to it"
+        )
+
+
 class Client:
     """One connection to the daemon; one request at a time (use several clients for parallel work)."""
 
@@ -95,6 +108,11 @@ class Client:
         except OSError as e:
             sock.close()
             raise DaemonUnavailable(f"no daemon at {self.socket_path} ({e.strerror or e})") from None
+        try:
+            check_same_user(sock, self.socket_path)
+        except DaemonUnavailable:
+            sock.close()
+            raise
         self._sock = sock
         self._send(Hello(version=PROTOCOL_VERSION, client="combined-models-client"))
         frame = self._recv()

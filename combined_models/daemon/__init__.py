@@ -10,6 +10,7 @@ import trio
 
 from ..config import Config
 from ..paths import state_file
+from .accept import raise_open_files_limit
 from .server import Server, claim_socket, serve_until_signalled
 from .supervisor import Supervisor
 
@@ -21,8 +22,14 @@ def make_server(
 ) -> Server:
     health = state_file(socket_path, "health") if persist else None
     catalogs = state_file(socket_path, "catalogs") if persist else None
+    metadata = state_file(socket_path, "models-dev") if persist else None
     sup = Supervisor(
-        cfg, socket=socket_path, config_path=config_path, health_file=health, catalog_file=catalogs
+        cfg,
+        socket=socket_path,
+        config_path=config_path,
+        health_file=health,
+        catalog_file=catalogs,
+        metadata_file=metadata,
     )
     return Server(sup, socket_path)
 
@@ -35,6 +42,11 @@ def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) 
     # httpx logs every request at INFO, between the headers and the first body byte: on the
     # first-token path. Its warnings still come through.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    before, after = raise_open_files_limit()  # room for many clients and upstream connections
+    if after != before:
+        logging.getLogger("combined_models.daemon").debug(
+            "open files limit raised from %d to %d", before, after
+        )
     # Claimed before trio starts, so "already running" and path errors surface as plain exceptions.
     with claim_socket(socket_path) as sock:
         trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path), sock)

@@ -1,8 +1,11 @@
 """The Unix-socket server: one task per connection, requests multiplexed by id.
 
-A malformed, oversized or wrong-typed frame gets an error frame and closes
-that connection; every other client keeps working. A connection that goes
-away cancels its requests, which closes their upstream requests at once.
+A malformed, oversized, too deeply nested or wrong-typed frame gets an error
+frame and closes that connection; every other client keeps working. Each
+connection and each request is a boundary (`contained`): whatever fails inside
+stays there, answered with an `internal` error where the client can still read.
+A connection that goes away, or stops reading for `client_stall_timeout`,
+cancels its requests, which closes their upstream requests at once.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket as pysocket
-import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import msgspec
@@ -23,7 +26,9 @@ import trio
 
 from .. import __version__
 from ..chat import ErrorEvent, StreamEvent
+from ..limits import MAX_DEPTH, TooDeep, check_request, decode_bounded
 from ..paths import check_socket_path, ensure_private_dir, runtime_dir
+from ..peercred import peer_uid
 from ..protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -36,6 +41,7 @@ from ..protocol import (
     FrameDecoder,
     FrameTooLarge,
     Hello,
+    ModelsInfo,
     ModelsQuery,
     ModelsReply,
     Ok,
@@ -49,6 +55,8 @@ from ..protocol import (
     client_decoder,
     encode_frame,
 )
+from .accept import Door
+from .containment import contained
 from .gateway import Gateway
 from .supervisor import Supervisor
 
@@ -61,61 +69,122 @@ class AlreadyRunning(Exception):
 
 
 class Connection:
-    """One client connection. Writes go through one lock; each chat request is its own task."""
+    """One client connection. Each request is its own boundary; writes go through one lock, each bounded in time."""
 
     def __init__(self, stream: trio.SocketStream, server: Server) -> None:
         self.stream = stream
         self.server = server
+        limits = server.supervisor.cfg.limits
+        self._stall_timeout = limits.client_stall_timeout
+        self._partial_timeout = limits.partial_frame_timeout
         self._send_lock = trio.Lock()
         self._requests: dict[int, trio.CancelScope] = {}
+        self._scope = trio.CancelScope()  # the reads and every request of this connection
+        self._broken = False  # a write failed or stalled, maybe part-way: nothing more may be written
+        self._writing: trio.CancelScope | None = None  # the write under way
+
+    def hang_up(self) -> None:
+        """End this connection: its requests are cancelled (closing their upstream requests)."""
+        self._broken = True
+        self._scope.cancel()
+        if self._writing is not None:
+            self._writing.cancel()
 
     async def send(self, *frames: ServerFrame) -> None:
-        """Frames in one write."""
-        data = b"".join(encode_frame(f) for f in frames)
+        """Frames in one write. Raises FrameTooLarge (nothing written) when one cannot fit in a frame.
+
+        A client that is gone, or takes no bytes for `client_stall_timeout`, ends the connection:
+        `hang_up`, then this raises Cancelled, as if the client had gone away. That is what frees
+        the provider slot a stuck reader holds: the provider relay does not time writes to us.
+        """
+        data = b"".join(encode_reply(f) for f in frames)
         # Not `async with`: the lock's own checkpoint is a trip round the event loop per frame.
         # A free lock is taken at once (send_all still checkpoints); a held one is waited for.
         try:
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self._send_lock.acquire()
+        delivered = False
         try:
-            await self.stream.send_all(data)
-        finally:
-            self._send_lock.release()
-
-    async def serve(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                await self._read_loop(nursery)
-                nursery.cancel_scope.cancel()  # the client is gone: so are its requests
+            if not self._broken:
+                # Shielded: a request cancelled mid-write must not cut a frame in half on a stream
+                # its neighbours share. Only a stall or `hang_up` ends a write.
+                deadline = trio.current_time() + self._stall_timeout
+                with trio.CancelScope(deadline=deadline, shield=True) as self._writing:
+                    await self.stream.send_all(data)
+                    delivered = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.aclose()
+            self._writing = None
+            self._send_lock.release()
+        if not delivered:
+            if not self._broken:
+                log.debug("a client stopped reading or went away; closing its connection")
+            self.hang_up()
+            await trio.lowlevel.checkpoint()  # raises Cancelled in this connection's tasks
+            raise trio.ClosedResourceError("the client connection is closed")  # reached only outside them
+
+    async def serve(self) -> None:
+        """Read frames and answer them until the client goes or breaks the protocol (a `Door` handler)."""
+        failed = False
+
+        def note(_: BaseException) -> None:
+            nonlocal failed
+            failed = True
+
+        self.server.connections.add(self)
+        try:
+            with self._scope, contained(log, "a socket connection", on_failure=note):
+                async with trio.open_nursery() as nursery:
+                    await self._read_loop(nursery)
+                    nursery.cancel_scope.cancel()  # the client is gone: so are its requests
+            if failed and not self._broken:
+                with contained(log, "reporting a connection's failure"):
+                    await self.send(Error(id=0, kind="internal", message=INTERNAL_ERROR))
+        finally:
+            self.server.connections.discard(self)
 
     async def _fail(self, kind: str, message: str) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError), trio.move_on_after(1):
-            await self.send(Error(id=0, kind=kind, message=message))
+        """A connection-level error frame; the connection closes after it."""
+        await self.send(Error(id=0, kind=kind, message=message))
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder()
         greeted = False
+        incomplete_since = 0.0  # when the first bytes of the frame still incomplete arrived
         while True:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # An idle connection may stay open (editors keep theirs); a frame begun must end in time.
+            deadline = incomplete_since + self._partial_timeout if decoder.pending else math.inf
+            with trio.move_on_at(deadline) as waiting:
+                data = await self._receive()
+            if waiting.cancelled_caught:
+                await self._fail(
+                    "protocol_error", f"a frame stayed incomplete for {self._partial_timeout:g}s"
+                )
                 return
             if not data:
                 return
+            was_incomplete = decoder.pending > 0
             try:
                 bodies = decoder.feed(data)
             except FrameTooLarge as e:
                 await self._fail("frame_too_large", str(e))
                 return
+            if decoder.pending and (bodies or not was_incomplete):
+                incomplete_since = trio.current_time()
             for body in bodies:
                 try:
-                    frame = client_decoder.decode(body)
+                    frame = decode_bounded(client_decoder.decode, body)
+                except TooDeep:
+                    await self._fail("protocol_error", f"frame nested too deeply (the limit is {MAX_DEPTH})")
+                    return
                 except msgspec.ValidationError as e:  # before DecodeError: it is a subclass
                     await self._fail("protocol_error", f"invalid frame: {e}")
                     return
@@ -143,32 +212,46 @@ class Connection:
                 await self._dispatch(frame, nursery)
 
     async def _dispatch(self, frame: ClientFrame, nursery: trio.Nursery) -> None:
-        sup = self.server.supervisor
         if isinstance(frame, Chat):
-            if frame.id in self._requests or frame.id <= 0:
-                await self.send(
-                    Error(id=frame.id, kind="protocol_error", message=f"request id {frame.id} is in use")
-                )
-                return
-            if self.server.stopping:
-                await self.send(Error(id=frame.id, kind="shutting_down", message="the daemon is stopping"))
-                return
-            scope = trio.CancelScope()
-            self._requests[frame.id] = scope
-            nursery.start_soon(self._chat, frame, scope)
+            await self._start_chat(frame, nursery)
         elif isinstance(frame, Cancel):
             if frame.id in self._requests:
                 self._requests[frame.id].cancel()
-        elif isinstance(frame, StatusQuery):
+        elif isinstance(frame, Reload):
+            nursery.start_soon(self._reload, frame.id)
+        elif isinstance(frame, Hello):
+            await self.send(Error(id=0, kind="protocol_error", message="hello sent twice"))
+        else:
+            async with self._request(frame.id, frame.__struct_config__.tag):
+                await self._answer(frame)
+
+    @contextlib.asynccontextmanager
+    async def _request(self, rid: int, what: object) -> AsyncIterator[None]:
+        """One request's boundary: a failure inside is logged and answered with an `internal` error.
+
+        The connection's other requests and the daemon go on; cancellation passes through.
+        """
+        failed = False
+
+        def note(_: BaseException) -> None:
+            nonlocal failed
+            failed = True
+
+        with contained(log, "%s request %d", what, rid, on_failure=note):
+            yield
+        if failed:
+            await self.send(Error(id=rid, kind="internal", message=INTERNAL_ERROR))
+
+    async def _answer(self, frame: StatusQuery | ModelsQuery | Shutdown | ExplainQuery) -> None:
+        sup = self.server.supervisor
+        if isinstance(frame, StatusQuery):
             await self.send(StatusReply(id=frame.id, status=self.server.status()))
         elif isinstance(frame, ModelsQuery):
             await self.send(ModelsReply(id=frame.id, models=sup.models_info()))
         elif isinstance(frame, Shutdown):
             await self.send(Ok(id=frame.id))
             self.server.request_stop()
-        elif isinstance(frame, Reload):
-            nursery.start_soon(self._reload, frame.id)
-        elif isinstance(frame, ExplainQuery):
+        else:
             try:
                 lines = sup.explain(frame.model)
             except KeyError:
@@ -177,12 +260,29 @@ class Connection:
                 )
             else:
                 await self.send(ExplainReply(id=frame.id, lines=lines))
-        elif isinstance(frame, Hello):
-            await self.send(Error(id=0, kind="protocol_error", message="hello sent twice"))
+
+    async def _start_chat(self, frame: Chat, nursery: trio.Nursery) -> None:
+        if frame.id in self._requests or frame.id <= 0:
+            await self.send(
+                Error(id=frame.id, kind="protocol_error", message=f"request id {frame.id} is in use")
+            )
+            return
+        if self.server.stopping:
+            await self.send(Error(id=frame.id, kind="shutting_down", message="the daemon is stopping"))
+            return
+        try:
+            check_request(frame.request)
+        except TooDeep as e:
+            await self.send(Error(id=frame.id, kind="bad_request", message=f"the request is {e}"))
+            return
+        scope = trio.CancelScope()
+        self._requests[frame.id] = scope
+        nursery.start_soon(self._chat, frame, scope)
 
     async def _reload(self, rid: int) -> None:
-        await self.server.supervisor.refresh_catalogs()
-        await self.send(ModelsReply(id=rid, models=self.server.supervisor.models_info()))
+        async with self._request(rid, "reload"):
+            await self.server.supervisor.refresh_catalogs()
+            await self.send(ModelsReply(id=rid, models=self.server.supervisor.models_info()))
 
     async def _chat(self, frame: Chat, scope: trio.CancelScope) -> None:
         rid = frame.id
@@ -190,24 +290,24 @@ class Connection:
         async def send(events: list[StreamEvent]) -> None:
             await self.send(*(_frame_for(rid, e) for e in events))
 
-        self.server.active += 1
         try:
-            with scope:
-                await self.server.supervisor.chat(frame.model, frame.request, send)
-            if scope.cancelled_caught:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.send(Error(id=rid, kind="cancelled", message="cancelled by the client"))
-        except Exception:
-            log.exception("request %d failed inside the daemon", rid)
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.send(
-                    Error(id=rid, kind="internal", message="internal error in the daemon (see its log)")
-                )
+            with self.server.tracking():
+                async with self._request(rid, "chat"):
+                    try:
+                        with scope:
+                            await self.server.supervisor.chat(frame.model, frame.request, send)
+                    except FrameTooLarge as e:  # raised before any byte of that event was written
+                        await self.send(
+                            Error(id=rid, kind="frame_too_large", message=f"the answer cannot be sent: {e}")
+                        )
+                        return
+                    if scope.cancelled_caught:
+                        await self.send(Error(id=rid, kind="cancelled", message="cancelled by the client"))
         finally:
-            self.server.active -= 1
             del self._requests[rid]
-            if self.server.active == 0:
-                self.server.idle.set()
+
+
+INTERNAL_ERROR = "internal error in the daemon (see its log)"
 
 
 def _frame_for(rid: int, event: StreamEvent) -> ServerFrame:
@@ -222,16 +322,62 @@ def _frame_for(rid: int, event: StreamEvent) -> ServerFrame:
     return Event(id=rid, event=event)
 
 
-def _peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The connecting process's uid, where the OS tells (Linux SO_PEERCRED)."""
-    opt = getattr(pysocket, "SO_PEERCRED", None)
-    if opt is None:
-        return None
+def cut_status(status: StatusInfo, keep: int) -> StatusInfo:
+    """`status` with each provider's per-model list cut to `keep` entries, counting those left out. Pure."""
+    providers = [
+        msgspec.structs.replace(
+            p, models=p.models[:keep], models_truncated=p.models_truncated + max(0, len(p.models) - keep)
+        )
+        for p in status.providers
+    ]
+    return msgspec.structs.replace(status, providers=providers)
+
+
+def cut_models(models: ModelsInfo, keep: int) -> ModelsInfo:
+    """`models` with its list cut to `keep` combined models, flagged when some were left out. Pure."""
+    return ModelsInfo(models=models.models[:keep], truncated=models.truncated or len(models.models) > keep)
+
+
+def encode_reply(frame: ServerFrame) -> bytes:
+    """The frame's bytes; a status or models reply too large for one frame is cut until it fits.
+
+    Any other frame too large raises FrameTooLarge.
+    """
     try:
-        raw = sock.getsockopt(pysocket.SOL_SOCKET, opt, struct.calcsize("3i"))
-    except OSError:
-        return None
-    return int(struct.unpack("3i", raw)[1])
+        return encode_frame(frame)
+    except FrameTooLarge:
+        if not isinstance(frame, StatusReply | ModelsReply):
+            raise
+    if isinstance(frame, StatusReply):
+        keep = max((len(p.models) for p in frame.status.providers), default=0)
+    else:
+        keep = len(frame.models.models)
+    while True:
+        keep //= 2  # each round halves what is kept: a few rounds at most
+        cut: ServerFrame = (
+            StatusReply(id=frame.id, status=cut_status(frame.status, keep))
+            if isinstance(frame, StatusReply)
+            else ModelsReply(id=frame.id, models=cut_models(frame.models, keep))
+        )
+        try:
+            return encode_frame(cut)
+        except FrameTooLarge:
+            if keep == 0:
+                raise
+
+
+def _same_user(stream: trio.SocketStream) -> bool:
+    """Whether the connecting process runs as this user (where the OS tells)."""
+    uid = peer_uid(stream.socket)
+    if uid is not None and uid != os.getuid():
+        log.warning("refused a connection from uid %d", uid)
+        return False
+    return True
+
+
+async def _refuse_busy(stream: trio.SocketStream) -> None:
+    busy = Error(id=0, kind="busy", message="the daemon has too many connections open; try again later")
+    await stream.send_all(encode_frame(busy))
 
 
 @contextlib.contextmanager
@@ -291,6 +437,15 @@ class Server:
         self.idle = trio.Event()
         self._stop = trio.Event()
         self.gateway: Gateway | None = None
+        self.connections: set[Connection] = set()  # on the socket, being served
+        self.door = Door(
+            "socket",
+            lambda stream: Connection(stream, self).serve(),
+            max_connections=supervisor.cfg.limits.max_connections,
+            log=log,
+            refuse=_refuse_busy,
+            accept_peer=_same_user,
+        )
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -337,35 +492,29 @@ class Server:
                 if self.supervisor.cfg.http.enabled:
                     self.gateway = Gateway(self)
                     await nursery.start(self.gateway.run)
-                conns = trio.open_nursery()
-                async with conns as conn_nursery:
-                    conn_nursery.start_soon(self._accept_loop, listener, conn_nursery)
+                async with trio.open_nursery() as conn_nursery:
+                    accepting = trio.CancelScope()
+                    conn_nursery.start_soon(self._accept, listener, conn_nursery, accepting)
                     task_status.started()
                     log.info("serving on %s", self.socket_path)
                     await self._stop.wait()
+                    accepting.cancel()
                     if self.gateway is not None:
                         self.gateway.stop_accepting()
                     with trio.move_on_after(SHUTDOWN_GRACE):
                         while self.active:
                             self.idle = trio.Event()
                             await self.idle.wait()
+                    for conn in list(self.connections):
+                        conn.hang_up()  # also ends writes to clients that stopped reading
                     conn_nursery.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while not self.stopping:
-            try:
-                stream = await listener.accept()
-            except OSError as e:  # EMFILE and friends: keep serving the others
-                log.warning("accept failed: %s", e)
-                await trio.sleep(0.1)
-                continue
-            uid = _peer_uid(stream.socket)
-            if uid is not None and uid != os.getuid():
-                log.warning("refused a connection from uid %d", uid)
-                await stream.aclose()
-                continue
-            nursery.start_soon(Connection(stream, self).serve)
+    async def _accept(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, accepting: trio.CancelScope
+    ) -> None:
+        with accepting:
+            await self.door.serve(listener, nursery)
 
 
 async def serve_until_signalled(server: Server, sock: pysocket.socket | None = None) -> None:
