@@ -617,7 +617,7 @@ def test_remote_listening_needs_an_explicit_opt_in() -> None:
         parse_config('[http]\ntoken = ""\n')
 
 
-def test_the_token_is_generated_once_kept_private_and_printed_by_cmctl(
+def test_the_token_is_generated_once_kept_private_and_not_printed_without_a_daemon(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert not token_path().exists()
@@ -626,10 +626,10 @@ def test_the_token_is_generated_once_kept_private_and_printed_by_cmctl(
     assert stat.S_IMODE(token_path().stat().st_mode) == 0o600
     assert load_token(HttpConfig()) == token  # kept, not regenerated
     assert load_token(HttpConfig(token="from-config")) == "from-config"
-    with pytest.raises(SystemExit) as info:
-        cmctl_main(["http-token"])
-    assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == token
+    with pytest.raises(SystemExit) as info:  # no daemon holds the port: no token handed out
+        cmctl_main(["http-token", "--socket", str(token_path().with_name("none.sock"))])
+    assert info.value.code == 3
+    assert capsys.readouterr().out == ""
 
 
 # ================================================================ end to end
@@ -888,7 +888,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(short_dir: P
                 bodies = []
                 for _ in range(2):
                     s.sendall(
-                        f"GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {front.token}\r\n\r\n".encode()
+                        f"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {front.token}\r\n\r\n".encode()
                     )
                     bodies.append(_read_response(s))
                 return bodies
@@ -945,7 +945,7 @@ async def test_a_client_dropping_its_connection_cancels_the_upstream_request(sho
             body = json.dumps({"model": MODEL, "messages": HI, "stream": True}).encode()
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 s.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                     + f"authorization: Bearer {front.token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
                     + body
                 )
@@ -999,6 +999,16 @@ async def test_status_and_opencode_config_show_the_front_door(
 
         assert await in_thread(opencode) == 0
         block = json.loads(capsys.readouterr().out)["provider"]["combined-models"]
+
+        def http_token() -> int | str | None:
+            try:
+                cmctl_main(["http-token", "--socket", str(front.stack.socket)])
+            except SystemExit as e:
+                return e.code
+            return None
+
+        assert await in_thread(http_token) == 0
+        assert capsys.readouterr().out.strip() == front.token
         assert block["npm"] == "@ai-sdk/openai-compatible"
         assert block["options"] == {"baseURL": f"{front.url}/v1", "apiKey": front.token}
         assert block["models"] == {MODEL: {"name": MODEL}}
@@ -1038,7 +1048,7 @@ async def test_an_oversized_body_is_refused_before_it_is_read(short_dir: Path) -
         def send_huge_header() -> bytes:
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 s.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999\r\n\r\n"
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 99999999999\r\n\r\n"
                 )
                 return s.recv(65536)
 

@@ -27,8 +27,8 @@ from ..chat import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from ..paths import ENV_CONFIG, ENV_SOCKET, config_file, log_dir, socket_path
-from ..protocol import ModelsInfo, StatusInfo
+from ..paths import ENV_CONFIG, ENV_SOCKET, config_file, log_dir, open_private_log, socket_path
+from ..protocol import DaemonInfo, ModelsInfo, StatusInfo
 from .sync import Client, ConnectionClosed, DaemonUnavailable, RequestFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -94,14 +94,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     pid = _daemon_pid(sock)
     if pid is not None:
         print(f"already running (pid {pid}) on {sock}")
-        return EXIT_OK
-    logs = log_dir()
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / "daemon.log"
+        return _front_door_check(sock)
+    log_path = log_dir() / "daemon.log"
     cmd = [sys.executable, "-m", "combined_models.client.cli", "serve", "--socket", str(sock)]
     if args.config:
         cmd += ["--config", str(_config(args))]
-    with open(log_path, "ab") as log:
+    with open_private_log(log_path) as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
@@ -115,10 +113,23 @@ def cmd_start(args: argparse.Namespace) -> int:
         pid = _daemon_pid(sock)
         if pid is not None:
             print(f"started (pid {pid}) on {sock}; log: {log_path}")
-            return EXIT_OK
+            return _front_door_check(sock)
         time.sleep(0.05)
     _err(f"the daemon did not answer within {START_TIMEOUT:.0f}s; see {log_path}")
     return EXIT_FAILED
+
+
+def _front_door_check(sock: Path) -> int:
+    """Exit 1 when the config turns the front door on but the daemon could not listen there."""
+    try:
+        with Client(sock, timeout=5) as c:
+            off = _front_door_off(c.status().daemon)
+    except (DaemonUnavailable, ConnectionClosed):
+        return EXIT_OK  # it answered a moment ago; `cmctl status` will tell
+    if off:
+        _err(off)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -164,6 +175,8 @@ def render_status(st: StatusInfo) -> str:
     lines = [f"daemon  pid {d.pid}  version {d.version}  up {_ago(d.uptime_s)}  socket {d.socket}"]
     if d.http:
         lines[0] += f"  http {d.http}"
+    if off := _front_door_off(d):
+        lines.append(off)
     if not st.providers:
         lines.append("no providers configured (see `cmctl --help` for the config file)")
         return "\n".join(lines)
@@ -329,44 +342,55 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the HTTP front door
 
 
-def cmd_http_token(args: argparse.Namespace) -> int:
+def _front_door(args: argparse.Namespace) -> tuple[DaemonInfo, str] | int:
+    """The running daemon's front door and its token; an exit code when there is none to hand out.
+
+    The token is only worth printing for a port the daemon holds: the daemon says which.
+    """
     from ..config import ConfigError, load_config
     from ..daemon.gateway import load_token
 
-    try:
-        cfg = load_config(_config(args))
-    except ConfigError as e:
-        _err(f"bad config: {e}")
-        return EXIT_USAGE
-    try:
-        print(load_token(cfg.http))
-    except OSError as e:
-        _err(f"cannot read or create the token: {e}")
+    with Client(_socket(args), timeout=10) as c:  # not running: DaemonUnavailable, exit 3
+        daemon = c.status().daemon
+    if not daemon.http:
+        _err(_front_door_off(daemon) or "the daemon's HTTP front door is off ([http] enabled = false)")
         return EXIT_FAILED
-    if not cfg.http.enabled:
-        _err("note: the HTTP front door is off ([http] enabled = false)")
+    try:  # the token of the config the daemon runs with
+        cfg = load_config(Path(daemon.config) if daemon.config else _config(args))
+        return daemon, load_token(cfg.http)
+    except (ConfigError, OSError) as e:
+        _err(f"cannot read the token: {e}")
+        return EXIT_FAILED
+
+
+def _front_door_off(daemon: DaemonInfo) -> str:
+    """Why the front door the config turns on is not listening, and what to do; empty when it is fine."""
+    if not daemon.http_error:
+        return ""
+    where = daemon.config or "the config"
+    return (
+        f"the HTTP front door is off: {daemon.http_error}; the daemon still serves its socket. "
+        f"Set another `listen` under [http] in {where} (or stop what holds the port), then restart the daemon"
+    )
+
+
+def cmd_http_token(args: argparse.Namespace) -> int:
+    door = _front_door(args)
+    if isinstance(door, int):
+        return door
+    print(door[1])
     return EXIT_OK
 
 
 def cmd_opencode_config(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config
-    from ..daemon.gateway import load_token
     from ..daemon.gateway.auth import client_host
 
+    door = _front_door(args)
+    if isinstance(door, int):
+        return door
+    daemon, token = door
     with Client(_socket(args), timeout=10) as c:
-        daemon = c.status().daemon
         models = c.models().models
-    if not daemon.http:
-        _err(
-            "the daemon's HTTP front door is off (see [http] in its config, or its log if the port was taken)"
-        )
-        return EXIT_FAILED
-    try:  # the token of the config the daemon runs with
-        cfg = load_config(Path(daemon.config) if daemon.config else _config(args))
-        token = load_token(cfg.http)
-    except (ConfigError, OSError) as e:
-        _err(f"cannot read the token: {e}")
-        return EXIT_FAILED
     host, _, port = daemon.http.rpartition(":")
     provider = {
         "npm": "@ai-sdk/openai-compatible",
@@ -464,12 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
     p = add(
         "http-token",
-        "print the HTTP front door's token (works without the daemon running)",
-        "Print the token the HTTP front door requires (as `Authorization: Bearer TOKEN` or "
-        "`x-api-key: TOKEN`): [http] token from the config, else the one generated and kept (mode 0600) "
-        "in the state dir, created now if absent. The daemon need not be running.",
+        "print the running daemon's HTTP front door token",
+        "Print the token the running daemon's HTTP front door requires (as `Authorization: Bearer "
+        "TOKEN` or `x-api-key: TOKEN`): [http] token from its config, else the one generated and kept "
+        "(mode 0600) in the state dir. Exits 3 when no daemon runs and 1 when its front door is not "
+        "listening (off in the config, or its port was taken), rather than hand out a token for a port "
+        "nobody holds.",
     )
-    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
+    p.add_argument("--config", help="config file for the token, when the daemon does not report its own")
     p.set_defaults(func=cmd_http_token)
     p = add(
         "opencode-config",

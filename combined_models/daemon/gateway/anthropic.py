@@ -39,6 +39,7 @@ from .common import (
     Out,
     StreamResponder,
     UnaryResponder,
+    check_depth,
     decode_json,
     json_reply,
     retry_after_header,
@@ -263,7 +264,7 @@ def to_chat_request(body: _Body) -> ChatRequest:
 def parse_messages_request(body: bytes) -> ParsedMessages:
     """A `POST /v1/messages` body -> the model, stream flag and neutral request."""
     b: _Body = decode_json(_decoder, body)
-    return ParsedMessages(model=b.model, stream=b.stream, request=to_chat_request(b))
+    return ParsedMessages(model=b.model, stream=b.stream, request=check_depth(to_chat_request(b)))
 
 
 # ------------------------------------------------------------------ errors

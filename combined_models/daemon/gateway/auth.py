@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
+import ipaddress
+import logging
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,9 +16,37 @@ from ...paths import state_dir, write_private
 
 TOKEN_FILE = "http-token"
 
+log = logging.getLogger("combined_models.gateway")
+
 
 def token_path() -> Path:
     return state_dir() / TOKEN_FILE
+
+
+def valid_token(token: str) -> bool:
+    """Whether `token` can travel in a header as is: visible ASCII, no spaces or control characters."""
+    return bool(token) and all("!" <= c <= "~" for c in token)
+
+
+def _read_token(path: Path) -> str | None:
+    """The token kept at `path`; None when there is none. A damaged file is moved aside, once, with a warning."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if valid_token(token):
+        return token
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another process moved it first
+        return None
+    log.warning("the HTTP token file %s held no usable token; moved it to %s and made a new one", path, aside)
+    return None
 
 
 def load_token(config: HttpConfig) -> str:
@@ -24,9 +54,8 @@ def load_token(config: HttpConfig) -> str:
     if config.token:
         return config.token
     path = token_path()
-    with contextlib.suppress(FileNotFoundError):
-        if token := path.read_text(encoding="utf-8").strip():
-            return token
+    if token := _read_token(path):
+        return token
     token = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
     write_private(tmp, (token + "\n").encode())
@@ -34,7 +63,7 @@ def load_token(config: HttpConfig) -> str:
         # link() fails if the file appeared meanwhile: two daemons starting at once agree on one token.
         os.link(tmp, path)
     except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
+        return _read_token(path) or token
     finally:
         tmp.unlink(missing_ok=True)
     return token
@@ -68,3 +97,36 @@ def client_host(bound_host: str) -> str:
     if bound_host == "::":
         return "[::1]"
     return f"[{bound_host}]" if ":" in bound_host else bound_host
+
+
+# ------------------------------------------------------------------ who may call
+
+
+def host_allowed(host: str | None, *, allow_remote: bool) -> bool:
+    """Whether a request's `Host` names this machine's loopback (a DNS-rebinding page names its own host).
+
+    With `allow_remote` any Host goes (the token still guards). No Host at all is
+    HTTP/1.0 from a local tool, never a browser, so it passes.
+    """
+    if allow_remote or host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1] or [::1]:4141
+        name, sep, rest = name[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return False
+    else:
+        bare, sep, port = name.rpartition(":")
+        if sep and port.isdigit():
+            name = bare
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
+    """A request from a web page (it carries `Origin`) goes only when that page is listed."""
+    return origin is None or origin.rstrip("/") in (o.rstrip("/") for o in allowed)

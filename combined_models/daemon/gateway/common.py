@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from ...chat import (
+    ChatRequest,
     DoneEvent,
     ErrorEvent,
     FailoverEvent,
@@ -26,6 +27,7 @@ from ...chat import (
     ToolCallEvent,
     Usage,
 )
+from ...limits import TooDeep, check_request, decode_bounded
 
 PROVIDER_HEADER = "x-combined-models-provider"
 
@@ -74,11 +76,22 @@ def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     if not body.strip():
         raise BadRequest("the request body is empty; expected a JSON object")
     try:
-        return decoder.decode(body)
+        return decode_bounded(decoder.decode, body)
+    except TooDeep as e:
+        raise BadRequest(f"the request body is {e}") from None
     except msgspec.ValidationError as e:  # before DecodeError: it is a subclass
         raise bad_request_from(e) from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
+
+
+def check_depth(request: ChatRequest) -> ChatRequest:
+    """`request` when its free-form parts (tool schemas, call arguments) nest within the limit; else a BadRequest."""
+    try:
+        check_request(request)
+    except TooDeep as e:
+        raise BadRequest(str(e), e.where or None) from None
+    return request
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:

@@ -31,6 +31,7 @@ from ...chat import (
     ToolResultPart,
     Usage,
 )
+from ...limits import decode_bounded
 from ...protocol import ModelsInfo
 from .common import (
     STATUS_BY_KIND,
@@ -38,6 +39,7 @@ from .common import (
     Out,
     StreamResponder,
     UnaryResponder,
+    check_depth,
     decode_json,
     json_reply,
     parse_data_url,
@@ -218,8 +220,8 @@ def _assistant(m: _AssistantMsg, where: str) -> Message:
         parts += [TextPart(p.text) for p in m.content if isinstance(p, _TextPart)]
     for k, call in enumerate(m.tool_calls or ()):
         try:
-            args = json.loads(call.function.arguments or "{}")
-        except ValueError:
+            args = decode_bounded(json.loads, (call.function.arguments or "{}").encode())
+        except ValueError:  # TooDeep is one too
             args = None
         if not isinstance(args, dict):
             raise BadRequest(
@@ -302,7 +304,7 @@ def parse_chat_request(body: bytes) -> ParsedChat:
         model=b.model,
         stream=bool(b.stream),
         include_usage=bool(b.stream_options and b.stream_options.include_usage),
-        request=to_chat_request(b),
+        request=check_depth(to_chat_request(b)),
     )
 
 
