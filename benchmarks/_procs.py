@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,10 @@ class Daemon:
         )
         return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
+    def open_files(self) -> int:
+        """Descriptors the daemon holds open now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
 
 def _env(root: Path) -> dict[str, str]:
     env = dict(os.environ, HOME=str(root))
@@ -59,6 +64,7 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate `proc` (one of ours) and wait for it; kill it if it does not go within 10 s."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -69,10 +75,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def simulator(root: Path, *, chunk_delay: float = 0.0) -> Iterator[str]:
-    """A simulated OpenAI-dialect provider in its own process; yields its base URL."""
+def simulator(root: Path, *, chunk_delay: float = 0.0, dialect: str = "openai") -> Iterator[str]:
+    """A simulated provider (OpenAI dialect unless told) in its own process; yields its base URL."""
     cmd = [sys.executable, "-m", "combined_models.simulator", "--models", MODEL, "--text", TEXT]
-    cmd += ["--chunk-delay", str(chunk_delay)]
+    cmd += ["--chunk-delay", str(chunk_delay), "--dialect", dialect]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(root))
     try:
         assert proc.stdout is not None
@@ -100,27 +106,22 @@ def byte_proxy(root: Path, upstream: str) -> Iterator[str]:
         _stop(proc)
 
 
-@contextlib.contextmanager
-def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
-    """`cmctl serve` in its own process: two providers on the same upstream, one combined model."""
+def start_daemon(root: Path, config: Path, sock: Path, log: Path) -> Daemon:
+    """`cmctl serve` with `config` in its own process, its output appended to `log`; returns once it answers."""
     from combined_models.client.sync import Client, DaemonUnavailable
 
-    lines = ['provider_priority = ["a", "b"]', "[http]", 'listen = "127.0.0.1:0"']
-    for pid in ("a", "b"):
-        lines += [f"[providers.{pid}]", 'api = "openai"', f'base_url = "{upstream}"', 'api_key = "sk-bench"']
-        lines += [f'models = ["{MODEL}"]']
-    config = root / "config.toml"
-    config.write_text("\n".join(lines) + "\n")
-    sock = Path(tempfile.mkdtemp(prefix="cmb-")) / "d.sock"
     env = _env(root)
     cmd = [sys.executable, "-m", "combined_models.client.cli", "serve", "--config", str(config)]
-    log = (root / "daemon.log").open("wb")
-    proc = subprocess.Popen([*cmd, "--socket", str(sock)], env=env, stdout=log, stderr=log)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        # Its own session: a Ctrl-C meant for the benchmark must not stop it behind the benchmark's back.
+        proc = subprocess.Popen(
+            [*cmd, "--socket", str(sock)], env=env, stdout=out, stderr=out, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited: {(root / 'daemon.log').read_text()[-500:]}")
+                raise RuntimeError(f"the daemon exited: {log.read_text(errors='replace')[-500:]}")
             try:
                 with Client(sock, timeout=5) as c:
                     http = c.status().daemon.http
@@ -130,13 +131,37 @@ def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
                     raise
                 time.sleep(0.05)
         token = (Path(env["XDG_STATE_HOME"]) / "combined-models" / "http-token").read_text().strip()
-        yield Daemon(proc, sock, http, token)
-    finally:
+    except BaseException:
         _stop(proc)
-        log.close()
-        sock.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            sock.parent.rmdir()
+        raise
+    return Daemon(proc, sock, http, token)
+
+
+@contextlib.contextmanager
+def short_socket_path() -> Iterator[Path]:
+    """A socket path in a fresh short temp dir (Unix socket paths are limited to ~100 bytes)."""
+    sock = Path(tempfile.mkdtemp(prefix="cmb-")) / "d.sock"
+    try:
+        yield sock
+    finally:
+        shutil.rmtree(sock.parent, ignore_errors=True)  # with the daemon's lock file beside the socket
+
+
+@contextlib.contextmanager
+def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
+    """`cmctl serve` in its own process: two providers on the same upstream, one combined model."""
+    lines = ['provider_priority = ["a", "b"]', "[http]", 'listen = "127.0.0.1:0"']
+    for pid in ("a", "b"):
+        lines += [f"[providers.{pid}]", 'api = "openai"', f'base_url = "{upstream}"', 'api_key = "sk-bench"']
+        lines += [f'models = ["{MODEL}"]']
+    config = root / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    with short_socket_path() as sock:
+        d = start_daemon(root, config, sock, root / "daemon.log")
+        try:
+            yield d
+        finally:
+            _stop(d.proc)
 
 
 @contextlib.contextmanager
