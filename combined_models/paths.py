@@ -104,7 +104,12 @@ def ensure_private_dir(path: Path, *, follow_symlinks: bool = False) -> None:
 def open_private_log(path: Path) -> BinaryIO:
     """Open log file `path` for appending: 0600 in a 0700 dir of ours (a log holds prompts and errors)."""
     ensure_private_dir(path.parent, follow_symlinks=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link planted where the log goes: logs would go where it points
+            raise PathError(f"{path} is a symbolic link; refusing to write the log through it") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():

@@ -224,6 +224,20 @@ async def test_start_with_a_bad_config_reports_it(short_dir: Path) -> None:
     assert b"min_providers" in r.stderr
 
 
+async def test_start_refuses_a_symlinked_log_file(short_dir: Path, user_dirs: Path) -> None:
+    elsewhere = short_dir / "elsewhere"
+    elsewhere.mkdir()
+    logs = Path(os.environ["XDG_STATE_HOME"]) / "combined-models" / "log"
+    logs.mkdir(mode=0o700, parents=True)
+    (logs / "daemon.log").symlink_to(elsewhere / "planted.log")
+    cfg = short_dir / "c.toml"
+    cfg.write_text("")
+    r = await cmctl("start", "--config", str(cfg), "--socket", str(short_dir / "d.sock"))
+    assert r.returncode == 2, r.stderr
+    assert b"symbolic link" in r.stderr and b"Traceback" not in r.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="socket path limit differs")
 async def test_a_too_long_socket_path_is_a_clear_error(short_dir: Path) -> None:
     cfg = short_dir / "c.toml"

@@ -27,7 +27,7 @@ from ..chat import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from ..paths import ENV_CONFIG, ENV_SOCKET, config_file, log_dir, open_private_log, socket_path
+from ..paths import ENV_CONFIG, ENV_SOCKET, PathError, config_file, log_dir, open_private_log, socket_path
 from ..protocol import DaemonInfo, ModelsInfo, StatusInfo
 from .sync import Client, ConnectionClosed, DaemonUnavailable, RequestFailed
 
@@ -57,7 +57,6 @@ def _err(msg: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
-    from ..paths import PathError
 
     path = _config(args)
     try:
@@ -534,6 +533,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except ConnectionClosed as e:
         _err(f"lost the daemon: {e}")
         code = EXIT_UNREACHABLE
+    except PathError as e:  # a dir or file we may not use (someone else's, a symlink): say which
+        _err(str(e))
+        code = EXIT_USAGE
     except BrokenPipeError:
         code = EXIT_OK
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

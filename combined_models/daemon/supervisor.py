@@ -50,7 +50,6 @@ Send = Callable[[list[StreamEvent]], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
 METADATA_INTERVAL = 86400.0
 STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
-METADATA_MAX_BYTES = 32 * 1024 * 1024  # models.dev's catalog is a few MB
 METADATA_FETCH_TIMEOUT = 120.0
 MAX_CATALOG_MODELS = 10_000  # one provider's cached listing (a few hundred is typical)
 MAX_MODEL_ID = 512
@@ -365,7 +364,7 @@ class Supervisor:
             self.metadata_file,
             metadata.parse_models_dev,
             what="model metadata cache",
-            max_bytes=METADATA_MAX_BYTES,
+            max_bytes=metadata.MAX_CATALOG_BYTES,
         )
         if catalog is not None:
             self._apply_metadata(catalog)
@@ -380,8 +379,8 @@ class Supervisor:
                 resp.raise_for_status()
                 async for chunk in resp.aiter_bytes():
                     body += chunk
-                    if len(body) > METADATA_MAX_BYTES:
-                        raise MetadataTooLarge(f"larger than {METADATA_MAX_BYTES} bytes")
+                    if len(body) > metadata.MAX_CATALOG_BYTES:
+                        raise MetadataTooLarge(f"larger than {metadata.MAX_CATALOG_BYTES} bytes")
         return bytes(body)
 
     async def _fetch_metadata_periodically(self) -> None:
