@@ -7,8 +7,10 @@ as it lasts.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -62,6 +64,30 @@ async def test_with_every_slot_held_a_request_fails_over_busy_and_the_provider_s
         assert status["first"].state == "ready"
         assert status["first"].failures == 0 and status["first"].last_error is None
         assert not status["first"].models  # no model cooling either
+
+
+async def test_running_out_of_descriptors_here_is_never_charged_to_the_provider(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_stack(short_dir) as st:
+        first_port = st.sims["first"].port
+        real_open = trio.open_tcp_stream
+
+        async def open_tcp_stream(host: str, port: int, **kw: Any) -> trio.SocketStream:
+            if port == first_port:  # as when the daemon has no descriptor left for this connection
+                raise OSError(errno.EMFILE, "Too many open files")
+            return await real_open(host, port, **kw)
+
+        monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+        events = await st.ask()
+        async with st.client() as c:
+            status = {p.id: p for p in (await c.status()).providers}
+
+    assert text_of(events) == ANSWER and done_of(events).provider == "second"
+    moved = next(e for e in events if isinstance(e, FailoverEvent))
+    assert moved.reason == "busy" and "Too many open files" in moved.message
+    first = status["first"]
+    assert (first.state, first.failures, first.requests, first.last_error) == ("ready", 0, 0, None)
 
 
 def _actor(slot_wait: float) -> ProviderActor:

@@ -20,7 +20,7 @@ import trio
 from .containment import contained
 
 # accept() errors that mean "this process or the system is short of something": wait, then go on.
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _LOG_EVERY = 60.0  # seconds between two log lines about the same shortage
 _MAX_BACKOFF = 1.0
 
@@ -71,7 +71,7 @@ class Door:
             try:
                 stream = await listener.accept()
             except OSError as e:
-                if e.errno not in _RESOURCE_ERRNOS:
+                if e.errno not in RESOURCE_ERRNOS:
                     raise
                 now = trio.current_time()
                 if now - self._last_shortage_log >= _LOG_EVERY:

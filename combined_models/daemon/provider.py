@@ -27,7 +27,15 @@ from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
 from .errors import NO_PENALTY, Failure, UpstreamError, classify_status
 from .health import Admission, HealthBook, SavedBook, State
-from .upstream import ConnectFailed, ConnectionBroken, LimitedBody, Pool, Response, tls_context
+from .upstream import (
+    ConnectFailed,
+    ConnectionBroken,
+    LimitedBody,
+    LocalShortage,
+    Pool,
+    Response,
+    tls_context,
+)
 
 MAX_ERROR_BODY = 64 * 1024
 # After the finish signal, read on to the end of the body (normally already here) so the
@@ -240,7 +248,11 @@ class ProviderActor:
                     finished = await self._attempt(self.dialect, request, model, on_items)
             except UpstreamError as e:
                 e.message = self.redact(e.message)
-                self._record_failure(model, e)
+                if e.kind is Failure.BUSY:  # our own shortage: no verdict on the provider, nor a request
+                    self.health.release(model, trio.current_time())
+                    self.requests -= 1
+                else:
+                    self._record_failure(model, e)
                 raise
             except BaseException:
                 # Cancelled (the caller went away) or our own bug: not the provider's fault.
@@ -310,6 +322,8 @@ class ProviderActor:
         with trio.move_on_at(first_deadline) as cs:
             try:
                 response = await self._pool.stream(built.method, built.url, built.headers, built.body)
+            except LocalShortage as e:  # on our side: the next member may find a descriptor free
+                raise UpstreamError(Failure.BUSY, str(e)) from e
             except ConnectFailed as e:
                 raise UpstreamError(Failure.UNREACHABLE, str(e)) from e
             except ConnectionBroken as e:

@@ -24,6 +24,7 @@ import h11
 import trio
 
 from .. import __version__
+from .accept import RESOURCE_ERRNOS
 
 RECEIVE_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
@@ -36,6 +37,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 class ConnectFailed(Exception):
     """No connection could be made (name, refusal, timeout, TLS handshake): nothing was sent."""
+
+
+class LocalShortage(ConnectFailed):
+    """This process or machine ran out of descriptors or memory: nothing was sent, and no provider is to blame."""
 
 
 class ConnectionBroken(Exception):
@@ -320,6 +325,8 @@ class Pool:
         except trio.TooSlowError:
             raise ConnectFailed(f"connect timeout after {self.connect_timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as e:
+            if isinstance(e, OSError) and e.errno in RESOURCE_ERRNOS:
+                raise LocalShortage(f"cannot open a connection here: {_reason(e)}") from e
             raise ConnectFailed(f"cannot connect to {target.authority}: {_reason(e)}") from e
         return _Connection(stream, sock, target.origin)
 
