@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from combined_models.chat import DoneEvent, ErrorEvent, StreamEvent, TextEvent
 from combined_models.client.aio import AsyncClient, open_client
 from combined_models.config import Config, parse_config
 from combined_models.daemon import Server, open_daemon
+from combined_models.protocol import FrameDecoder, ServerFrame, server_decoder
 from combined_models.simulator import Simulator
 
 ANSWER = (
@@ -132,3 +134,27 @@ def error_of(events: list[StreamEvent]) -> ErrorEvent:
     last = events[-1]
     assert isinstance(last, ErrorEvent), f"expected an error, got {last!r}"
     return last
+
+
+# ------------------------------------------------------------------ blocking raw socket clients (run in threads)
+
+
+def raw_connect(path: Path) -> socket.socket:
+    """A plain Unix-socket connection to the daemon, for byte-level tests."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    return s
+
+
+def read_frames_until_close(s: socket.socket) -> list[ServerFrame]:
+    """Every frame until the daemon closes (a partly written last frame is left out)."""
+    decoder, frames = FrameDecoder(), []
+    while True:
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            return frames
+        if not data:
+            return frames
+        frames += [server_decoder.decode(b) for b in decoder.feed(data)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 from pathlib import Path
 
@@ -27,7 +26,16 @@ from combined_models.protocol import (
 )
 from combined_models.simulator import Fault
 
-from .conftest import ANSWER, MODEL, done_of, error_of, open_stack, text_of
+from .conftest import (
+    ANSWER,
+    MODEL,
+    done_of,
+    error_of,
+    open_stack,
+    raw_connect,
+    read_frames_until_close,
+    text_of,
+)
 
 
 async def test_healthy_answer_comes_from_the_first_provider(short_dir: Path) -> None:
@@ -163,22 +171,6 @@ async def test_many_requests_multiplexed_on_one_connection(short_dir: Path) -> N
         assert texts == dict.fromkeys(range(20), ANSWER)
 
 
-def _raw_connect(path: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(str(path))
-    return s
-
-
-def _read_frames_until_close(s: socket.socket) -> list[object]:
-    decoder, frames = FrameDecoder(), []
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return frames
-        frames += [server_decoder.decode(b) for b in decoder.feed(data)]
-
-
 @pytest.mark.parametrize(
     "payload",
     [
@@ -199,9 +191,9 @@ async def test_bad_clients_get_an_error_frame_and_others_keep_working(
         assert isinstance(first, ProviderEvent)
 
         def misbehave() -> list[object]:
-            with _raw_connect(st.socket) as s:
+            with raw_connect(st.socket) as s:
                 s.sendall(payload)
-                return _read_frames_until_close(s)
+                return read_frames_until_close(s)
 
         frames = await trio.to_thread.run_sync(misbehave)
         errors = [f for f in frames if isinstance(f, Error)]
@@ -217,7 +209,7 @@ async def test_a_client_going_away_mid_stream_closes_the_upstream_request(short_
         first = st.sims["first"]
 
         def read_a_little_then_vanish() -> None:
-            with _raw_connect(st.socket) as s:
+            with raw_connect(st.socket) as s:
                 s.sendall(encode_frame(Hello(version=PROTOCOL_VERSION)))
                 s.sendall(encode_frame(Chat(id=1, model=MODEL, request=_request())))
                 decoder = FrameDecoder()
@@ -246,7 +238,7 @@ async def test_cancel_frame_stops_the_request_and_its_upstream(short_dir: Path) 
     async with open_stack(short_dir, chunk_delay=0.05) as st:
 
         def cancel_after_first_text() -> list[object]:
-            with _raw_connect(st.socket) as s:
+            with raw_connect(st.socket) as s:
                 s.sendall(encode_frame(Hello(version=PROTOCOL_VERSION)))
                 s.sendall(encode_frame(Chat(id=7, model=MODEL, request=_request())))
                 decoder = FrameDecoder()

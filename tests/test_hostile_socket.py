@@ -57,7 +57,16 @@ from combined_models.protocol import (
 )
 from combined_models.simulator import Simulator
 
-from .conftest import ANSWER, MODEL, Stack, config_for, open_stack, text_of
+from .conftest import (
+    ANSWER,
+    MODEL,
+    Stack,
+    config_for,
+    open_stack,
+    raw_connect,
+    read_frames_until_close,
+    text_of,
+)
 
 HELLO = encode_frame(Hello(version=PROTOCOL_VERSION))
 REQUEST = ChatRequest(messages=[Message("user", "tell me")])
@@ -66,39 +75,19 @@ REQUEST = ChatRequest(messages=[Message("user", "tell me")])
 # ------------------------------------------------------------------ blocking raw clients (run in threads)
 
 
-def _connect(path: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(path))
-    return s
-
-
-def _read_until_close(s: socket.socket) -> list[ServerFrame]:
-    """Every frame until the daemon closes (a partly written last frame is left out)."""
-    decoder, frames = FrameDecoder(), []
-    while True:
-        try:
-            data = s.recv(65536)
-        except ConnectionResetError:
-            return frames
-        if not data:
-            return frames
-        frames += [server_decoder.decode(b) for b in decoder.feed(data)]
-
-
 def _exchange(path: Path, payload: bytes) -> list[ServerFrame]:
     """Send `payload`, say that is all, and read every frame until the daemon closes."""
-    with _connect(path) as s:
+    with raw_connect(path) as s:
         try:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon closed first: what it said is still readable
-        return _read_until_close(s)
+        return read_frames_until_close(s)
 
 
 def _send_and_vanish(path: Path, payload: bytes) -> None:
-    with _connect(path) as s:
+    with raw_connect(path) as s:
         s.sendall(payload)
 
 
@@ -207,14 +196,14 @@ async def test_a_status_too_large_for_a_frame_is_cut_to_fit(
 
 async def test_a_frame_left_incomplete_is_dropped_and_idle_connections_stay(short_dir: Path) -> None:
     async with open_stack(short_dir, extra="[limits]\npartial_frame_timeout = 0.2\n") as st:
-        idle = await trio.to_thread.run_sync(_connect, st.socket)
+        idle = await trio.to_thread.run_sync(raw_connect, st.socket)
         with idle:
             await trio.to_thread.run_sync(idle.sendall, HELLO)
 
             def start_a_frame_and_stop() -> list[ServerFrame]:
-                with _connect(st.socket) as s:
+                with raw_connect(st.socket) as s:
                     s.sendall(HELLO + encode_frame(StatusQuery(id=1))[:3])
-                    return _read_until_close(s)
+                    return read_frames_until_close(s)
 
             frames = await trio.to_thread.run_sync(start_a_frame_and_stop)
             assert isinstance(frames[0], Welcome)
@@ -226,7 +215,7 @@ async def test_a_frame_left_incomplete_is_dropped_and_idle_connections_stay(shor
             def ask_status() -> list[ServerFrame]:
                 idle.sendall(encode_frame(StatusQuery(id=2)))
                 idle.shutdown(socket.SHUT_WR)
-                return _read_until_close(idle)
+                return read_frames_until_close(idle)
 
             replies = await trio.to_thread.run_sync(ask_status)
             assert isinstance(replies[0], Welcome)
@@ -239,7 +228,7 @@ async def test_connections_over_the_cap_get_busy_and_the_others_keep_working(sho
         open_stack(short_dir, extra="[limits]\nmax_connections = 2\n") as st,
         st.client() as kept,
     ):
-        second = await trio.to_thread.run_sync(_connect, st.socket)
+        second = await trio.to_thread.run_sync(raw_connect, st.socket)
         with second:
 
             def greet() -> list[ServerFrame]:
@@ -279,7 +268,7 @@ async def _stack_with_long_answer(
 
 async def test_a_client_that_stops_reading_loses_its_request_and_frees_the_provider(short_dir: Path) -> None:
     async with _stack_with_long_answer(short_dir, "[limits]\nclient_stall_timeout = 0.3\n") as st:
-        stuck = await trio.to_thread.run_sync(_connect, st.socket)
+        stuck = await trio.to_thread.run_sync(raw_connect, st.socket)
         with stuck:
             await trio.to_thread.run_sync(
                 stuck.sendall, HELLO + encode_frame(Chat(id=1, model=MODEL, request=REQUEST))
@@ -287,7 +276,7 @@ async def test_a_client_that_stops_reading_loses_its_request_and_frees_the_provi
             # It reads nothing: the daemon's writes stall, and after the stall timeout it lets go.
             with trio.fail_after(10):
                 await st.sims["first"].wait_disconnect(1)
-            frames = await trio.to_thread.run_sync(_read_until_close, stuck)
+            frames = await trio.to_thread.run_sync(read_frames_until_close, stuck)
         texts = [f for f in frames if isinstance(f, Event) and isinstance(f.event, TextEvent)]
         assert texts, "the answer had started streaming"
         assert not any(isinstance(f, Event) and isinstance(f.event, DoneEvent) for f in frames)
@@ -303,7 +292,7 @@ async def test_a_client_that_stops_reading_loses_its_request_and_frees_the_provi
 async def test_a_request_cancelled_mid_write_leaves_no_half_frame_on_the_connection(short_dir: Path) -> None:
     # Events of 256 KB: a Unix socket takes small writes whole or not at all, but splits large ones.
     async with _stack_with_long_answer(short_dir, "", words=8, word_size=256 * 1024) as st:
-        client = await trio.to_thread.run_sync(_connect, st.socket)
+        client = await trio.to_thread.run_sync(raw_connect, st.socket)
         with client:
             await trio.to_thread.run_sync(
                 client.sendall, HELLO + encode_frame(Chat(id=1, model=MODEL, request=REQUEST))
