@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from combined_models.chat import DoneEvent
 from combined_models.client.aio import open_client
 from combined_models.config import parse_config
 from combined_models.daemon import Server, make_server
@@ -145,11 +148,12 @@ async def test_the_daemon_starts_from_cache_with_every_provider_unreachable(shor
 
 
 @asynccontextmanager
-async def serve_bytes(body: bytes) -> AsyncIterator[str]:
+async def serve_bytes(body: bytes, encoding: str = "") -> AsyncIterator[str]:
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             await stream.receive_some(65536)
             head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            head += f"content-encoding: {encoding}\r\n" if encoding else ""
             await stream.send_all(head.encode() + b"connection: close\r\n\r\n" + body)
 
     async with trio.open_nursery() as nursery:
@@ -158,7 +162,8 @@ async def serve_bytes(body: bytes) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
-async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Path) -> None:
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Path, encoding: str) -> None:
     meta = json.dumps(
         {
             "anthropic": {
@@ -173,7 +178,8 @@ async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Pa
         }
     ).encode()
     ids = {"anthropic": "claude-sonnet-4-5-20250929", "openrouter": "anthropic/claude-sonnet-4.5"}
-    async with sims({pid: [mid] for pid, mid in ids.items()}) as ss, serve_bytes(meta) as url:
+    body = gzip.compress(meta) if encoding else meta
+    async with sims({pid: [mid] for pid, mid in ids.items()}) as ss, serve_bytes(body, encoding) as url:
         toml = discovering_config({pid: sim.base_url for pid, sim in ss.items()})
         toml = f'metadata = "models.dev"\nmetadata_url = "{url}"\n' + toml
         async with daemon(toml, short_dir / "d.sock") as server, open_client(server.socket_path) as c:
@@ -191,6 +197,24 @@ async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Pa
             events = [e async for e in c.chat("claude-sonnet-4-5", "word " * 2000)]
             assert events[-1].kind == "bad_request"  # type: ignore[union-attr]
             assert "window" in events[-1].message  # type: ignore[union-attr]
+
+
+async def test_a_metadata_bomb_is_refused_and_changes_nothing(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bomb = gzip.compress(b"{" + b" " * (40 * 1024 * 1024) + b"}")  # 40 MB of JSON in about 40 KB
+    async with sims({"a": ["model-one"], "b": ["model-one"]}) as ss, serve_bytes(bomb, "gzip") as url:
+        toml = f'metadata = "models.dev"\nmetadata_url = "{url}"\n'
+        toml += discovering_config({pid: sim.base_url for pid, sim in ss.items()})
+        caplog.set_level(logging.INFO, logger="combined_models.daemon")
+        async with daemon(toml, short_dir / "d.sock") as server, open_client(server.socket_path) as c:
+            with trio.fail_after(10):
+                while "model metadata unavailable" not in caplog.text:  # noqa: ASYNC110 (the fetch ends in a log line)
+                    await trio.sleep(0.02)
+            assert "inflates past" in caplog.text
+            assert all(not a.metadata for a in server.supervisor.actors.values())
+            events = [e async for e in c.chat("model-one", "hi")]
+            assert isinstance(events[-1], DoneEvent)
 
 
 async def test_metadata_unreachable_changes_nothing(short_dir: Path) -> None:

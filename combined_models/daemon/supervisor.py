@@ -41,6 +41,7 @@ from .continuation import EchoFilter, continuation_request, unsupported
 from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
 from .health import HealthFile, decode_health_file
 from .provider import ProviderActor
+from .upstream import ConnectionBroken, LimitedBody
 
 log = logging.getLogger("combined_models.daemon")
 
@@ -70,10 +71,6 @@ class CatalogFile(msgspec.Struct):
 
 
 _catalog_decoder = msgspec.json.Decoder(CatalogFile)
-
-
-class MetadataTooLarge(Exception):
-    pass
 
 
 class UnknownModel(Exception):
@@ -370,18 +367,17 @@ class Supervisor:
             self._apply_metadata(catalog)
 
     async def _download_metadata(self) -> bytes:
-        body = bytearray()
         with trio.fail_after(METADATA_FETCH_TIMEOUT):
             async with (
                 httpx.AsyncClient(timeout=30, trust_env=True) as client,
-                client.stream("GET", self.cfg.metadata_url) as resp,
+                # Raw bytes, inflated here within the limit: httpx would inflate a bomb whole.
+                client.stream("GET", self.cfg.metadata_url, headers={"accept-encoding": "gzip"}) as resp,
             ):
                 resp.raise_for_status()
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) > metadata.MAX_CATALOG_BYTES:
-                        raise MetadataTooLarge(f"larger than {metadata.MAX_CATALOG_BYTES} bytes")
-        return bytes(body)
+                body = LimitedBody(resp.headers.get("content-encoding", ""), metadata.MAX_CATALOG_BYTES)
+                async for raw in resp.aiter_raw():
+                    body.feed(raw)
+                return body.body()
 
     async def _fetch_metadata_periodically(self) -> None:
         """Fetch the catalog now and daily; any failure leaves what we had (nothing depends on it)."""
@@ -390,7 +386,7 @@ class Supervisor:
             try:
                 body = await self._download_metadata()
                 catalog = decode_bounded(metadata.parse_models_dev, body)
-            except (httpx.HTTPError, trio.TooSlowError, MetadataTooLarge, ValueError, OverflowError) as e:
+            except (httpx.HTTPError, trio.TooSlowError, ConnectionBroken, ValueError, OverflowError) as e:
                 log.info("model metadata unavailable (%s); going on without it", e)
             else:
                 self._apply_metadata(catalog)
