@@ -97,9 +97,7 @@ def load_or_quarantine(
             "ignoring the %s %s (%s); it could not be moved aside: %s", what, path, why, e.strerror or e
         )
         return None
-    logger.warning(
-        "the %s %s was unusable (%s); moved it to %s and starting fresh", what, path, why, moved.name
-    )
+    logger.warning("the %s %s was unusable (%s); moved it to %s and starting fresh", what, path, why, moved)
     return None
 
 

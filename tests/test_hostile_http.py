@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -195,6 +197,16 @@ def test_a_damaged_token_file_is_moved_aside_and_replaced(caplog: pytest.LogCapt
         assert aside.read_bytes() == damage
         assert [str(aside) in r.getMessage() for r in caplog.records] == [True]
     assert load_token(HttpConfig()) == token  # a good file is kept
+
+
+def test_a_fifo_where_the_token_file_goes_does_not_hang_the_daemon() -> None:
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)  # reading it would wait for a writer forever
+    token = load_token(HttpConfig())
+    assert valid_token(token) and path.read_text().strip() == token
+    (aside,) = path.parent.glob("http-token.bad-*")
+    assert stat.S_ISFIFO(aside.lstat().st_mode)
 
 
 # ================================================================ regressions over the socket

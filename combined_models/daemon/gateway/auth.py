@@ -7,12 +7,12 @@ import ipaddress
 import logging
 import os
 import secrets
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from ...config import HttpConfig
 from ...paths import state_dir, write_private
+from ...statefile import load_or_quarantine
 
 TOKEN_FILE = "http-token"
 
@@ -28,25 +28,21 @@ def valid_token(token: str) -> bool:
     return bool(token) and all("!" <= c <= "~" for c in token)
 
 
+MAX_TOKEN_FILE = 4096  # a token is about 43 characters
+
+
+def _decode_token(raw: bytes) -> str:
+    token = raw.decode("utf-8").strip()
+    if not valid_token(token):
+        raise ValueError("no usable token (empty, or spaces or control characters inside)")
+    return token
+
+
 def _read_token(path: Path) -> str | None:
     """The token kept at `path`; None when there is none. A damaged file is moved aside, once, with a warning."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        token = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        token = ""
-    if valid_token(token):
-        return token
-    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        os.replace(path, aside)
-    except FileNotFoundError:  # another process moved it first
-        return None
-    log.warning("the HTTP token file %s held no usable token; moved it to %s and made a new one", path, aside)
-    return None
+    return load_or_quarantine(
+        path, _decode_token, what="HTTP token file", max_bytes=MAX_TOKEN_FILE, logger=log
+    )
 
 
 def load_token(config: HttpConfig) -> str:
