@@ -112,6 +112,14 @@ class Unsupported:
 REQUEST = ChatRequest(messages=[Message(role="user", content="hello")])
 
 
+async def _probe_taken_with_every_slot_held(actor: ProviderActor) -> None:
+    """The provider's cooldown is over and this request took the probe; its only slot is held."""
+    actor.health.fail(MODEL, trio.current_time(), Failure.UNREACHABLE)  # the host: provider level
+    await trio.sleep(120)  # the cooldown is over: the next request probes
+    assert actor.admit(MODEL, trio.current_time()).decision == "probe"
+    actor._limiter.acquire_on_behalf_of_nowait("a stuck stream")
+
+
 async def test_busy_hands_the_probe_it_took_to_the_next_request(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -119,10 +127,7 @@ async def test_busy_hands_the_probe_it_took_to_the_next_request(
     actor = _actor(slot_wait=3.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        actor.health.fail(MODEL, trio.current_time(), Failure.UNREACHABLE)  # the host: provider level
-        await trio.sleep(120)  # the cooldown is over: the next request probes
-        assert actor.admit(MODEL, trio.current_time()).decision == "probe"
-        actor._limiter.acquire_on_behalf_of_nowait("a stuck stream")
+        await _probe_taken_with_every_slot_held(actor)
         started = trio.current_time()
         with pytest.raises(UpstreamError) as e:
             await actor.attempt(REQUEST, MODEL, _nothing)
@@ -167,10 +172,7 @@ async def test_a_waiting_request_that_is_cancelled_gives_its_probe_back(
     actor = _actor(slot_wait=3.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        actor.health.fail(MODEL, trio.current_time(), Failure.UNREACHABLE)  # the host: provider level
-        await trio.sleep(120)
-        assert actor.admit(MODEL, trio.current_time()).decision == "probe"
-        actor._limiter.acquire_on_behalf_of_nowait("a stuck stream")
+        await _probe_taken_with_every_slot_held(actor)
         with trio.move_on_after(1.0):
             await actor.attempt(REQUEST, MODEL, _nothing)
         assert actor.admit(MODEL, trio.current_time()).decision == "probe"
