@@ -16,7 +16,7 @@ import trio
 
 from .chat import DoneEvent, ErrorEvent, FailoverEvent, ProviderEvent, TextEvent
 from .client.aio import AsyncClient, open_client
-from .client.cli import render_models, render_status
+from .client.render import render_models, render_status
 from .config import parse_config
 from .daemon import open_daemon
 from .simulator import Fault, Simulator

@@ -17,6 +17,8 @@ from .chat import ChatRequest, ToolCallPart
 # Deep enough for any JSON schema or tool-call argument a model uses (they nest 5-20 levels),
 # far from the interpreter's recursion limit wherever the value travels next.
 MAX_DEPTH = 64
+# The longest model id kept in a state file (real ids are under 100 characters).
+MAX_MODEL_ID = 512
 
 T = TypeVar("T")
 

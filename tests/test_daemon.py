@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 import trio
 import trio.testing
 
-from combined_models.chat import ErrorEvent, FailoverEvent, ProviderEvent, TextEvent
+from combined_models.chat import (
+    ChatRequest,
+    DoneEvent,
+    ErrorEvent,
+    FailoverEvent,
+    ProviderEvent,
+    StreamEvent,
+    TextEvent,
+)
 from combined_models.client.aio import open_client
+from combined_models.config import HttpConfig, LimitsConfig
+from combined_models.daemon.facade import DaemonFacade, Send
+from combined_models.daemon.gateway import Gateway
+from combined_models.daemon.server import claim_socket
+from combined_models.daemon.socket_door import SocketDoor
 from combined_models.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     Chat,
+    CombinedModel,
+    DaemonInfo,
     Error,
     Event,
     FrameDecoder,
     Hello,
+    Member,
+    ModelsInfo,
+    StatusInfo,
     Welcome,
     encode_frame,
     server_decoder,
@@ -276,3 +301,108 @@ def _request() -> object:
     from combined_models.chat import ChatRequest, Message
 
     return ChatRequest(messages=[Message("user", "tell me")])
+
+
+# ------------------------------------------------------------------ the doors and their facade
+
+
+@dataclass
+class FakeDaemon:
+    """A daemon facade with no server, router or provider behind it."""
+
+    http: HttpConfig = field(default_factory=lambda: HttpConfig(listen="127.0.0.1:0", token="t" * 43))
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    stopping: bool = False
+    active: int = 0
+    asked: list[str] = field(default_factory=list)  # the model of each chat, in order
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    @contextmanager
+    def tracking(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
+        self.asked.append(model)
+        events: list[StreamEvent] = [
+            ProviderEvent("fake", model),
+            TextEvent(f"{self.active} in flight"),
+            DoneEvent(provider="fake", model=model, finish_reason="stop"),
+        ]
+        await send(events)
+
+    def models_info(self) -> ModelsInfo:
+        return ModelsInfo(
+            models=[CombinedModel(id="fake-1", members=[Member(provider="fake", model="fake-1")])]
+        )
+
+    def status(self) -> StatusInfo:
+        return StatusInfo(daemon=DaemonInfo(pid=os.getpid(), version="fake", uptime_s=0.0), providers=[])
+
+    def explain(self, model: str) -> list[str]:
+        raise KeyError(model)
+
+    async def refresh_catalogs(self) -> None:
+        pass
+
+
+async def test_both_doors_serve_a_facade_side_by_side_with_no_server(short_dir: Path) -> None:
+    fake = FakeDaemon()
+    doors: DaemonFacade = fake  # what the doors are typed to take: the facade, never a server
+    socket_door, gateway = SocketDoor(doors), Gateway(doors)
+    path = short_dir / "d.sock"
+    with claim_socket(path) as sock:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.run)
+            await nursery.start(socket_door.run, sock)
+            headers = {"authorization": f"Bearer {fake.http.token}"}
+            async with (
+                open_client(path) as c,
+                httpx.AsyncClient(
+                    base_url=f"http://{gateway.address}", headers=headers, trust_env=False
+                ) as http,
+            ):
+                assert text_of([e async for e in c.chat("fake-1", "hi")]) == "1 in flight"
+                assert [m.id for m in (await c.models()).models] == ["fake-1"]
+                hi = [{"role": "user", "content": "hi"}]
+                r = await http.post("/v1/chat/completions", json={"model": "fake-1", "messages": hi})
+                assert r.json()["choices"][0]["message"]["content"] == "1 in flight"
+                r = await http.post("/v1/messages", json={"model": "fake-1", "max_tokens": 9, "messages": hi})
+                assert r.json()["content"] == [{"type": "text", "text": "1 in flight"}]
+                r = await http.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+                assert r.json()["data"][0]["type"] == "model"  # Anthropic's shape, from its front end
+                assert fake.asked == ["fake-1"] * 3 and fake.active == 0
+
+                await c.shutdown()  # asked on the socket: the HTTP door sees the same facade stopping
+                r = await http.post("/v1/chat/completions", json={"model": "fake-1", "messages": hi})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+            socket_door.stop_accepting()
+            gateway.stop_accepting()
+            socket_door.hang_up()
+            nursery.cancel_scope.cancel()
+
+
+def test_importing_the_daemon_package_or_a_pure_part_of_it_loads_no_io_library() -> None:
+    pure = [
+        "combined_models.daemon",
+        "combined_models.daemon.facade",
+        "combined_models.daemon.gateway",
+        "combined_models.daemon.gateway.openai",
+        "combined_models.daemon.gateway.anthropic",
+        "combined_models.daemon.gateway.auth",
+    ]
+    code = (
+        f"import sys; [__import__(m) for m in {pure!r}]; "
+        "print(sorted(m for m in ('trio', 'h11', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The entry points are still there, loaded when asked for.
+    code = "from combined_models.daemon import Server, make_server, open_daemon, run_daemon; print(Server.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "Server"

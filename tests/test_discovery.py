@@ -193,7 +193,7 @@ async def test_models_dev_metadata_enriches_members_when_turned_on(short_dir: Pa
             assert (members["anthropic"].context_window, members["anthropic"].input_cost) == (200000, 3.0)
             assert members["openrouter"].context_window == 1000
             # the metadata feeds failover: a prompt longer than openrouter's known window skips it
-            server.supervisor.actors["anthropic"].health.disable("test")
+            server.registry.actors["anthropic"].disable("test")
             events = [e async for e in c.chat("claude-sonnet-4-5", "word " * 2000)]
             assert events[-1].kind == "bad_request"  # type: ignore[union-attr]
             assert "window" in events[-1].message  # type: ignore[union-attr]
@@ -212,7 +212,7 @@ async def test_a_metadata_bomb_is_refused_and_changes_nothing(
                 while "model metadata unavailable" not in caplog.text:  # noqa: ASYNC110 (the fetch ends in a log line)
                     await trio.sleep(0.02)
             assert "inflates past" in caplog.text
-            assert all(not a.metadata for a in server.supervisor.actors.values())
+            assert all(not a._metadata for a in server.registry.actors.values())
             events = [e async for e in c.chat("model-one", "hi")]
             assert isinstance(events[-1], DoneEvent)
 

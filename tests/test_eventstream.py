@@ -246,22 +246,23 @@ def test_byte_by_byte_emits_each_message_on_its_last_byte() -> None:
 
 def test_every_two_way_split() -> None:
     expected = decode_all(STREAM)
+    ends = [sum(map(len, STREAM_MESSAGES[: k + 1])) for k in range(len(STREAM_MESSAGES))]
     for cut in range(len(STREAM) + 1):
         decoder = EventStreamDecoder()
         first = decoder.feed(STREAM[:cut])
-        assert decoder.pending() == cut - sum(len(m) for m in STREAM_MESSAGES[: len(first)]), cut
+        assert len(first) == sum(1 for end in ends if end <= cut), cut  # each as soon as it is whole
         rest = decoder.feed(STREAM[cut:])
         decoder.eof()
         assert first + rest == expected, cut
 
 
-def test_empty_feed_and_pending() -> None:
+def test_empty_feed_and_a_message_across_feeds() -> None:
     decoder = EventStreamDecoder()
     assert decoder.feed(b"") == []
     assert decoder.feed(VECTOR[:20]) == []
-    assert decoder.pending() == 20
     assert len(decoder.feed(VECTOR[20:] + VECTOR[:5])) == 1
-    assert decoder.pending() == 5
+    assert len(decoder.feed(VECTOR[5:])) == 1
+    decoder.eof()
 
 
 # --------------------------------------------------------------------------- corruption and truncation
@@ -360,7 +361,7 @@ def test_truncated_prelude_reported_at_eof() -> None:
     decoder = EventStreamDecoder()
     decoder.feed(VECTOR[:5])
     with pytest.raises(EventStreamError, match="5 bytes of an incomplete 12-byte prelude"):
-        decoder.close()
+        decoder.eof()
 
 
 def test_good_messages_before_corruption_are_delivered_then_error_sticks() -> None:

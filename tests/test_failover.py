@@ -8,8 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from combined_models.chat import ChatRequest, FailoverEvent, Message, ProviderEvent, StreamEvent
+from combined_models.chat import ChatRequest, FailoverEvent, Message, ProviderEvent, StreamEvent, Tool
 from combined_models.client.aio import open_client
+from combined_models.daemon.health import DEFAULT_POLICY
 from combined_models.simulator import Fault
 
 from .conftest import ANSWER, MODEL, done_of, error_of, open_stack, text_of
@@ -88,7 +89,10 @@ async def test_prefill_rejected_with_400_is_retried_without_prefill(short_dir: P
         )
         assert [r.status for r in st.sims["second"].requests] == [400, 200]
         # remembered: the next continuation on that provider goes without prefill at once
-        assert ("second", "sim-model-1") in st.server.supervisor.no_prefill
+        st.sims["first"].push_fault(Fault(kind="reset_after", after_chunks=4))
+        st.sims["second"].push_fault(Fault(kind="reject_prefill"))
+        assert text_of(await st.ask()) == ANSWER
+        assert [r.status for r in st.sims["second"].requests] == [400, 200, 200]
         async with st.client() as c:
             second = {p.id: p for p in (await c.status()).providers}["second"]
         assert second.state == "ready" and second.failures == 0
@@ -116,7 +120,8 @@ async def test_an_outage_gets_probes_not_traffic_and_traffic_returns_after_recov
             assert text_of(events) == ANSWER
             clock.jump(3)
         during = first.statistics().chat_requests
-        assert 3 <= during <= 8, during  # probes as each cooldown ends, not one per request
+        # Probes as each (short, capped) cooldown ends: about one per 5 s, not one per request.
+        assert 3 <= during <= 60 / DEFAULT_POLICY.outage_cap + 2, during
         first.clear_faults()
         clock.jump(60)  # at most one (capped) cooldown period
         assert done_of(await st.ask()).provider == "first"
@@ -221,7 +226,69 @@ async def test_a_slow_caller_is_not_taken_for_a_silent_provider(
 
         request = ChatRequest(messages=[Message("user", "hello")])
         with trio.fail_after(10):
-            await st.server.supervisor.chat(MODEL, request, send)
+            await st.server.router.chat(MODEL, request, send)
         assert not any(isinstance(e, FailoverEvent) for e in events)
         assert done_of(events).provider == "first"
         assert text_of(events) == ANSWER
+
+
+async def test_a_request_a_recovering_member_cannot_serve_does_not_hold_its_probe(
+    short_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    """A tools request skips a member without tools; the next plain request still probes it at once.
+
+    Before, the member was admitted as the probe and then dropped for its capabilities,
+    leaving its model "probing" for 30 s: traffic stayed on the fallback that long.
+    """
+    async with open_stack(short_dir, failover=FAST, provider_lines={"first": "tools = false"}) as st:
+        st.sims["first"].push_fault(Fault(kind="status", status=503))
+        assert done_of(await st.ask()).provider == "second"  # the first cools for a second
+        clock.jump(5)
+        with_tools = ChatRequest(messages=[Message("user", "hello")], tools=[Tool(name="lookup")])
+        async with st.client() as c:
+            events = [e async for e in c.chat(MODEL, with_tools)]
+        assert done_of(events).provider == "second"
+        assert done_of(await st.ask()).provider == "first"  # the probe was still free
+        assert st.sims["first"].statistics().chat_requests == 2
+
+
+@pytest.mark.parametrize("outage", [60, 72, 180])
+async def test_recovery_is_noticed_within_ten_seconds_after_a_long_outage(
+    short_dir: Path, clock: trio.testing.MockClock, outage: float
+) -> None:
+    """An outage of 503s with traffic every 4 s, then recovery: the member serves again within 10 s.
+
+    Three requests go at each tick, at once: while the member cools only one of them may probe it.
+    """
+    async with open_stack(short_dir, failover=FAST) as st:
+        first = st.sims["first"]
+        first.push_fault(Fault(kind="status", status=503, times=-1))
+
+        async def tick(*, cooling: bool = True) -> list[str]:
+            providers: list[str] = []
+
+            async def one() -> None:
+                events = await st.ask()
+                assert text_of(events) == ANSWER
+                providers.append(done_of(events).provider)
+
+            before = first.statistics().chat_requests
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(one)
+            reached_first = first.statistics().chat_requests - before
+            assert reached_first <= 1 or not cooling, "two probes of a cooling member at once"
+            return providers
+
+        start = trio.current_time()
+        assert "first" not in await tick(cooling=False)  # all three find it ready, and fail over
+        clock.jump(4)
+        while trio.current_time() - start < outage:
+            assert "first" not in await tick()
+            clock.jump(4)
+        first.clear_faults()
+        recovered = trio.current_time()
+        while "first" not in await tick():
+            assert trio.current_time() - recovered < 10, "still on the fallback 10 s after recovery"
+            clock.jump(4)
+        assert trio.current_time() - recovered <= 10

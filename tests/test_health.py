@@ -92,8 +92,30 @@ def test_overload_and_transient_start_at_about_a_second() -> None:
 
 
 def test_huge_strike_counts_do_not_overflow() -> None:
-    b = fail(Breaker(strikes=10_000), T0, Failure.OVERLOADED)
+    b = fail(Breaker(strikes=10_000), T0, Failure.RATE_LIMITED)
     assert b.until == T0 + P.cap
+    b = fail(Breaker(strikes=10_000), T0, Failure.OVERLOADED)
+    assert b.until == T0 + P.outage_cap
+
+
+@pytest.mark.parametrize("kind", [Failure.OVERLOADED, Failure.TRANSIENT, Failure.UNREACHABLE, Failure.SILENT])
+def test_an_outage_of_any_length_cools_a_member_for_a_few_seconds_at_most(kind: Failure) -> None:
+    b, now, waits = Breaker(), T0, []
+    for _ in range(30):  # a probe fails as each cooldown ends, for minutes
+        for _ in range(P.circuit_threshold):
+            b = fail(b, now, kind)
+        waits.append(b.until - now)
+        now = b.until
+        b, decision = admit(b, now)
+        assert decision == "probe"
+    assert waits[0] in (1.0, 2.0) and max(waits) == P.outage_cap <= 5.0
+    assert waits == sorted(waits)  # still growing on repeats, up to the cap
+
+
+@pytest.mark.parametrize(("kind", "timer"), [(Failure.AUTH, 3600.0), (Failure.QUOTA_EXHAUSTED, 3600.0)])
+def test_auth_and_quota_keep_their_long_timers(kind: Failure, timer: float) -> None:
+    b = fail(Breaker(strikes=5), T0, kind)
+    assert (b.state, b.until) == (State.DOWN, T0 + timer)
 
 
 def test_transient_failures_open_the_circuit_only_at_the_threshold() -> None:

@@ -23,9 +23,8 @@ from combined_models.chat import ChatRequest, DoneEvent, Message, TextEvent, Too
 from combined_models.client import sync
 from combined_models.client.aio import open_client
 from combined_models.client.sync import Client, DaemonUnavailable
-from combined_models.daemon import open_daemon
-from combined_models.daemon import server as daemon_server
-from combined_models.daemon.server import cut_models, cut_status, encode_reply
+from combined_models.daemon import open_daemon, socket_door
+from combined_models.daemon.socket_door import cut_models, cut_status, encode_reply
 from combined_models.limits import MAX_DEPTH
 from combined_models.protocol import (
     MAX_FRAME,
@@ -172,7 +171,7 @@ async def test_a_status_too_large_for_a_frame_is_cut_to_fit(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with open_stack(short_dir) as st:
-        actor = st.server.supervisor.actors["second"]
+        actor = st.server.registry.actors["second"]
         real_status = actor.status
 
         def swollen_status(now: float) -> ProviderStatus:
@@ -242,7 +241,7 @@ async def test_connections_over_the_cap_get_busy_and_the_others_keep_working(sho
             frames = await trio.to_thread.run_sync(_exchange, st.socket, HELLO)
             assert len(frames) == 1
             assert isinstance(frames[0], Error) and (frames[0].id, frames[0].kind) == (0, "busy")
-            assert st.server.door.refused == 1
+            assert st.server.socket_door.door.refused == 1
             with trio.fail_after(10):
                 assert text_of([e async for e in kept.chat(MODEL, "still here?")]) == ANSWER
 
@@ -300,7 +299,7 @@ async def test_a_request_cancelled_mid_write_leaves_no_half_frame_on_the_connect
             # Until the daemon's write waits on the full socket buffer: a state to observe, no
             # event to wait on (the poll is bounded, and no assertion depends on its timing).
             with trio.fail_after(10):
-                while not any(conn._writing is not None for conn in st.server.connections):  # noqa: ASYNC110
+                while not any(conn._writing is not None for conn in st.server.socket_door.connections):  # noqa: ASYNC110
                     await trio.sleep(0.01)
 
             def cancel_then_read_on() -> tuple[list[ServerFrame], int]:
@@ -331,8 +330,8 @@ async def test_a_failing_request_is_answered_as_internal_and_the_connection_goes
         async def broken_chat(*args: object) -> None:
             raise ExceptionGroup("bugs in a nursery", [RuntimeError("a bug in chat")])
 
-        monkeypatch.setattr(st.server.supervisor, "explain", broken_explain)
-        monkeypatch.setattr(st.server.supervisor, "chat", broken_chat)
+        monkeypatch.setattr(st.server.registry, "explain", broken_explain)
+        monkeypatch.setattr(st.server.router, "chat", broken_chat)
         payload = (
             HELLO
             + encode_frame(ExplainQuery(id=1, model=MODEL))
@@ -357,7 +356,7 @@ async def test_the_daemon_refuses_a_peer_of_another_user(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with open_stack(short_dir) as st:
-        monkeypatch.setattr(daemon_server, "peer_uid", lambda sock: os.getuid() + 1)
+        monkeypatch.setattr(socket_door, "peer_uid", lambda sock: os.getuid() + 1)
         frames = await trio.to_thread.run_sync(_exchange, st.socket, HELLO + encode_frame(StatusQuery(id=1)))
         assert frames == []
         monkeypatch.undo()

@@ -177,7 +177,7 @@ async def test_every_fault_on_each_seed_provider_ends_in_a_complete_answer_from_
             failover = next(e for e in events if isinstance(e, FailoverEvent))
             assert (failover.from_, failover.to) == (first, second), label
             s.sims[first].clear_faults()
-            s.server.supervisor.actors[first].health.reset()  # the next fault starts from a ready provider
+            s.server.registry.actors[first].reset_health()  # the next fault starts from a ready provider
 
 
 async def test_a_copilot_token_that_expires_is_refreshed_without_failing_a_request(short_dir: Path) -> None:

@@ -38,7 +38,7 @@ async def test_with_every_slot_held_a_request_fails_over_busy_and_the_provider_s
 ) -> None:
     failover = {"idle_timeout": 600.0, "first_token_timeout": 600.0, "slot_wait": 0.2}
     async with open_stack(short_dir, failover=failover) as st:
-        first = st.server.supervisor.actors["first"]
+        first = st.server.registry.actors["first"]
         st.sims["first"].push_fault(Fault(kind="stall_after", after_chunks=2, seconds=0, times=STUCK))
 
         async def stuck_reader() -> None:
@@ -50,7 +50,7 @@ async def test_with_every_slot_held_a_request_fails_over_busy_and_the_provider_s
             async with trio.open_nursery() as readers:
                 for _ in range(STUCK):
                     readers.start_soon(stuck_reader)
-                await _wait_until(lambda: first.in_flight == STUCK)
+                await _wait_until(lambda: first.status(trio.current_time()).in_flight == STUCK)
                 events = await st.ask()
                 async with st.client() as c:
                     status = {p.id: p for p in (await c.status()).providers}
@@ -114,7 +114,7 @@ REQUEST = ChatRequest(messages=[Message(role="user", content="hello")])
 
 async def _probe_taken_with_every_slot_held(actor: ProviderActor) -> None:
     """The provider's cooldown is over and this request took the probe; its only slot is held."""
-    actor.health.fail(MODEL, trio.current_time(), Failure.UNREACHABLE)  # the host: provider level
+    actor._health.fail(MODEL, trio.current_time(), Failure.UNREACHABLE)  # the host: provider level
     await trio.sleep(120)  # the cooldown is over: the next request probes
     assert actor.admit(MODEL, trio.current_time()).decision == "probe"
     actor._limiter.acquire_on_behalf_of_nowait("a stuck stream")
@@ -130,12 +130,13 @@ async def test_busy_hands_the_probe_it_took_to_the_next_request(
         await _probe_taken_with_every_slot_held(actor)
         started = trio.current_time()
         with pytest.raises(UpstreamError) as e:
-            await actor.attempt(REQUEST, MODEL, _nothing)
+            await actor.attempt(REQUEST, MODEL, _nothing, probe=True)
         assert e.value.kind is Failure.BUSY and "slots" in e.value.message
         assert trio.current_time() - started == pytest.approx(3.0)
         # No verdict on the provider: the next request probes, nothing was counted against it.
         assert actor.admit(MODEL, trio.current_time()).decision == "probe"
-        assert (actor.requests, actor.failures, actor.in_flight) == (0, 0, 0)
+        status = actor.status(trio.current_time())
+        assert (status.requests, status.failures, status.in_flight) == (0, 0, 0)
         nursery.cancel_scope.cancel()
 
 
@@ -174,6 +175,22 @@ async def test_a_waiting_request_that_is_cancelled_gives_its_probe_back(
         await nursery.start(actor.run)
         await _probe_taken_with_every_slot_held(actor)
         with trio.move_on_after(1.0):
-            await actor.attempt(REQUEST, MODEL, _nothing)
+            await actor.attempt(REQUEST, MODEL, _nothing, probe=True)
         assert actor.admit(MODEL, trio.current_time()).decision == "probe"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_without_the_probe_never_gives_away_the_probe_another_holds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = _actor(slot_wait=3.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await _probe_taken_with_every_slot_held(actor)  # some other request holds the probe
+        with trio.move_on_after(1.0):  # a request admitted before the trip, cancelled while waiting
+            await actor.attempt(REQUEST, MODEL, _nothing)
+        with pytest.raises(UpstreamError):  # one that found no slot
+            await actor.attempt(REQUEST, MODEL, _nothing)
+        # The probe is still out: a second one would be two probes in flight.
+        assert actor.admit(MODEL, trio.current_time()).decision == "wait"
         nursery.cancel_scope.cancel()

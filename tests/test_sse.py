@@ -24,6 +24,11 @@ def data_of(events: list[SSEEvent]) -> list[str]:
     return [e.data for e in events]
 
 
+def nothing_pending(dec: SSEDecoder) -> bool:
+    """Whether the decoder holds no unfinished event: ending one now dispatches nothing."""
+    return dec.feed(b"\n\n") == []
+
+
 def bytewise(raw: bytes) -> list[bytes]:
     return [raw[i : i + 1] for i in range(len(raw))]
 
@@ -36,7 +41,7 @@ def test_line_ends(eol: bytes) -> None:
     raw = b"data: a" + eol + b"data: b" + eol + eol + b"data: c" + eol + eol
     events, dec = feed_all(raw)
     assert data_of(events) == ["a\nb", "c"]
-    assert not dec.has_pending
+    assert nothing_pending(dec)
 
 
 def test_mixed_line_ends_in_one_stream() -> None:
@@ -48,7 +53,7 @@ def test_cr_then_lf_in_the_next_chunk_is_one_line_end() -> None:
     # Were CR and LF two line ends, the LF would be a blank line and dispatch "a" alone.
     events, dec = feed_all(b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n")
     assert data_of(events) == ["a\nb"]
-    assert not dec.has_pending
+    assert nothing_pending(dec)
 
 
 def test_cr_at_chunk_end_survives_an_empty_chunk() -> None:
@@ -80,7 +85,7 @@ def test_comments_are_skipped() -> None:
 def test_comment_only_stream_dispatches_nothing_and_leaves_nothing_pending() -> None:
     events, dec = feed_all(b": OPENROUTER PROCESSING\n\n")
     assert events == []
-    assert not dec.has_pending
+    assert nothing_pending(dec)
 
 
 def test_event_field_and_default_type() -> None:
@@ -118,7 +123,7 @@ def test_value_parsing(line: bytes, value: str) -> None:
 def test_event_without_data_is_not_dispatched_and_its_type_is_forgotten() -> None:
     events, dec = feed_all(b"event: ping\n\n", b"data: x\n\n")
     assert [(e.event, e.data) for e in events] == [("message", "x")]
-    assert not dec.has_pending
+    assert nothing_pending(dec)
 
 
 def test_unknown_fields_and_retry_are_ignored() -> None:
@@ -164,17 +169,15 @@ def test_invalid_utf8_is_replaced_not_raised() -> None:
 
 def test_trailing_event_without_blank_line_is_pending_not_emitted() -> None:
     dec = SSEDecoder()
-    assert not dec.has_pending
     assert data_of(dec.feed(b"data: a\n\ndata: b\n")) == ["a"]
-    assert dec.has_pending
     assert data_of(dec.feed(b"\n")) == ["b"]
-    assert not dec.has_pending
+    assert nothing_pending(dec)
 
 
 def test_unfinished_line_is_pending() -> None:
     dec = SSEDecoder()
     assert dec.feed(b'data: {"partial') == []
-    assert dec.has_pending
+    assert data_of(dec.feed(b'"}\n\n')) == ['{"partial"}']
 
 
 # ---------------------------------------------------------------- every split point
@@ -200,11 +203,11 @@ def test_every_split_point_gives_identical_events(eol: bytes) -> None:
     assert len(expected) == 5
     assert expected[-1].data == "[DONE]"
     assert "\u2028" in expected[1].data
-    assert not dec.has_pending
+    assert nothing_pending(dec)
     for i in range(len(raw) + 1):
         got, dec = feed_all(raw[:i], raw[i:])
         assert got == expected, f"split at {i}"
-        assert not dec.has_pending
+        assert nothing_pending(dec)
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])

@@ -19,7 +19,7 @@ from combined_models.daemon import open_daemon
 from combined_models.daemon.credentials import copilot_token_path
 from combined_models.daemon.errors import Failure
 from combined_models.daemon.health import decode_health_file
-from combined_models.daemon.supervisor import HEALTH_SAVE_INTERVAL, Supervisor
+from combined_models.daemon.registry import HEALTH_SAVE_INTERVAL, Registry
 from combined_models.paths import PathError, ensure_private_dir, open_private_log, state_file, write_private
 from combined_models.simulator import Simulator
 from combined_models.statefile import load_or_quarantine, quarantine_name
@@ -45,8 +45,8 @@ async def test_thousands_of_unknown_models_leave_the_status_small(short_dir: Pat
             status = await c.status()
             assert all(p.models == [] for p in status.providers)
             assert len(msgspec.msgpack.encode(status)) < 4096
-            books = st.server.supervisor.actors
-            assert {len(a.health.models) for a in books.values()} == {0}
+            books = st.server.registry.actors
+            assert {len(a._health.models) for a in books.values()} == {0}
             assert text_of(await st.ask()) == ANSWER
 
 
@@ -181,8 +181,8 @@ def test_a_good_file_is_decoded_and_left_in_place(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- background loops
 
 
-def supervisor_alone(short_dir: Path, health_file: Path) -> Supervisor:
-    """A supervisor without sockets: its provider is never called, so trio's MockClock may jump."""
+def registry_alone(short_dir: Path, health_file: Path) -> Registry:
+    """A registry without sockets: its provider is never called, so trio's MockClock may jump."""
     cfg = parse_config(
         f"""
 [providers.first]
@@ -193,7 +193,7 @@ models = ["{MODEL}"]
 """,
         "test config",
     )
-    return Supervisor(cfg, socket=short_dir / "d.sock", health_file=health_file)
+    return Registry(cfg, socket=short_dir / "d.sock", health_file=health_file)
 
 
 async def test_a_failing_health_save_is_logged_once_and_retried(
@@ -201,10 +201,10 @@ async def test_a_failing_health_save_is_logged_once_and_retried(
 ) -> None:
     blocker = short_dir / "state"
     blocker.write_text("a file where the state dir should be")
-    sup = supervisor_alone(short_dir, blocker / "health.json")
+    sup = registry_alone(short_dir, blocker / "health.json")
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
-        sup.actors["first"].health.fail(MODEL, trio.current_time(), Failure.RATE_LIMITED, hint=3600.0)
+        sup.actors["first"]._health.fail(MODEL, trio.current_time(), Failure.RATE_LIMITED, hint=3600.0)
         await trio.sleep(HEALTH_SAVE_INTERVAL * 10)
         failed = [r for r in caplog.records if "cannot save health" in r.getMessage()]
         assert len(failed) == 1
@@ -218,7 +218,7 @@ async def test_a_failing_health_save_is_logged_once_and_retried(
 async def test_discovery_survives_its_own_failures(
     short_dir: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sup = supervisor_alone(short_dir, short_dir / "health.json")
+    sup = registry_alone(short_dir, short_dir / "health.json")
     calls = 0
 
     async def broken_refresh() -> None:

@@ -24,6 +24,7 @@ import trio.testing
 import trustme
 
 from combined_models.daemon import upstream
+from combined_models.daemon.dialects.urls import host_header
 from combined_models.daemon.upstream import (
     KEEPALIVE_EXPIRY,
     USER_AGENT,
@@ -31,7 +32,6 @@ from combined_models.daemon.upstream import (
     ConnectionBroken,
     Pool,
     Response,
-    host_header,
     parse_target,
 )
 from combined_models.simulator import Simulator

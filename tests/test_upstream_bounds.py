@@ -393,7 +393,7 @@ async def test_a_listing_failure_of_any_kind_keeps_the_last_good_list(short_dir:
 
     with trio.fail_after(30):
         async with hostile_stack(short_dir, answer) as (_sock, _, server):
-            actor = server.supervisor.actors["first"]  # type: ignore[attr-defined]
+            actor = server.registry.actors["first"]  # type: ignore[attr-defined]
             assert actor.offered == [MODEL] and actor.catalog_error is None
             assert await actor.discover() is False
             assert actor.offered == [MODEL] and "nested" in actor.catalog_error
@@ -402,19 +402,20 @@ async def test_a_listing_failure_of_any_kind_keeps_the_last_good_list(short_dir:
 async def test_our_own_failure_while_relaying_is_internal_and_never_the_providers(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from combined_models.daemon import supervisor
+    from combined_models.chat import StreamEvent
+    from combined_models.daemon import engine
 
     from .conftest import error_of, open_stack
 
-    relay = supervisor.Relay.__call__
+    relay = engine.Relay.feed
     broken = [True]
 
-    async def tripping_relay(self: supervisor.Relay, items: list[DecodedItem]) -> None:
+    def tripping_relay(self: engine.Relay, items: list[DecodedItem]) -> list[StreamEvent]:
         if broken[0]:
             raise RuntimeError("a bug of ours while relaying")
-        await relay(self, items)
+        return relay(self, items)
 
-    monkeypatch.setattr(supervisor.Relay, "__call__", tripping_relay)
+    monkeypatch.setattr(engine.Relay, "feed", tripping_relay)
     async with open_stack(short_dir) as st:
         with trio.fail_after(20):
             events = await st.ask()

@@ -28,7 +28,8 @@ from ..chat import (
     ToolCallEvent,
 )
 from ..paths import ENV_CONFIG, ENV_SOCKET, PathError, config_file, log_dir, open_private_log, socket_path
-from ..protocol import DaemonInfo, ModelsInfo, StatusInfo
+from ..protocol import DaemonInfo
+from .render import front_door_off, render_models, render_status
 from .sync import Client, ConnectionClosed, DaemonUnavailable, RequestFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -122,7 +123,7 @@ def _front_door_check(sock: Path) -> int:
     """Exit 1 when the config turns the front door on but the daemon could not listen there."""
     try:
         with Client(sock, timeout=5) as c:
-            off = _front_door_off(c.status().daemon)
+            off = front_door_off(c.status().daemon)
     except (DaemonUnavailable, ConnectionClosed):
         return EXIT_OK  # it answered a moment ago; `cmctl status` will tell
     if off:
@@ -151,72 +152,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- status / models
-
-
-def _ago(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def render_status(st: StatusInfo) -> str:
-    d = st.daemon
-    lines = [f"daemon  pid {d.pid}  version {d.version}  up {_ago(d.uptime_s)}  socket {d.socket}"]
-    if d.http:
-        lines[0] += f"  http {d.http}"
-    if off := _front_door_off(d):
-        lines.append(off)
-    if not st.providers:
-        lines.append("no providers configured (see `cmctl --help` for the config file)")
-        return "\n".join(lines)
-    rows = [
-        ["PROVIDER", "STATE", "READY IN", "IN-FLIGHT", "REQUESTS", "OK%", "FAILED", "SAVED", "LAST ERROR"]
-    ]
-    for p in st.providers:
-        ready_in = _ago(p.cooldown_remaining_s) if p.cooldown_remaining_s > 0 else "-"
-        ok = "-" if p.success_rate is None else f"{p.success_rate * 100:.0f}%"
-        err = "-"
-        if p.last_error:
-            err = (f"{p.last_error_kind}: " if p.last_error_kind else "") + p.last_error
-            err = err if len(err) <= 70 else err[:69] + "…"
-        rows.append(
-            [
-                p.id,
-                p.state,
-                ready_in,
-                str(p.in_flight),
-                str(p.requests),
-                ok,
-                str(p.failures),
-                str(p.failovers_saved),
-                err,
-            ]
-        )
-        for m in p.models:
-            rows.append([f"  {m.model}", m.state, _ago(m.cooldown_remaining_s), "", "", "", "", "", m.reason])
-    lines.append(_table(rows))
-    return "\n".join(lines)
-
-
-def render_models(info: ModelsInfo) -> str:
-    if not info.models:
-        return "no combined models (configure providers with overlapping models, or [combined.*] entries)"
-    rows = [["MODEL", "MEMBERS (in priority order)"]]
-    for m in info.models:
-        members = ", ".join(f"{x.provider}/{x.model}" for x in m.members)
-        rows.append([m.id + (" *" if m.explicit else ""), members])
-    note = "\n(* explicit [combined] entry)" if any(m.explicit for m in info.models) else ""
-    return _table(rows) + note
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -352,7 +287,7 @@ def _front_door(args: argparse.Namespace) -> tuple[DaemonInfo, str] | int:
     with Client(_socket(args), timeout=10) as c:  # not running: DaemonUnavailable, exit 3
         daemon = c.status().daemon
     if not daemon.http:
-        _err(_front_door_off(daemon) or "the daemon's HTTP front door is off ([http] enabled = false)")
+        _err(front_door_off(daemon) or "the daemon's HTTP front door is off ([http] enabled = false)")
         return EXIT_FAILED
     try:  # the token of the config the daemon runs with
         cfg = load_config(Path(daemon.config) if daemon.config else _config(args))
@@ -360,17 +295,6 @@ def _front_door(args: argparse.Namespace) -> tuple[DaemonInfo, str] | int:
     except (ConfigError, OSError) as e:
         _err(f"cannot read the token: {e}")
         return EXIT_FAILED
-
-
-def _front_door_off(daemon: DaemonInfo) -> str:
-    """Why the front door the config turns on is not listening, and what to do; empty when it is fine."""
-    if not daemon.http_error:
-        return ""
-    where = daemon.config or "the config"
-    return (
-        f"the HTTP front door is off: {daemon.http_error}; the daemon still serves its socket. "
-        f"Set another `listen` under [http] in {where} (or stop what holds the port), then restart the daemon"
-    )
 
 
 def cmd_http_token(args: argparse.Namespace) -> int:

@@ -16,9 +16,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ..limits import MAX_MODEL_ID
 from .errors import NO_PENALTY, PROVIDER_LEVEL, Failure
 
 MAX_STRIKES = 64  # far past where the default cooldown stops growing; keeps saved numbers small
+# Failures of an outage (the host down, erring or overloaded): they end without notice, so their
+# cooldown stays short at any length of outage, and a recovered member is probed again soon.
+OUTAGE = frozenset({Failure.OVERLOADED, Failure.TRANSIENT, Failure.UNREACHABLE, Failure.SILENT})
 
 
 class State(enum.StrEnum):
@@ -46,6 +50,9 @@ class Policy:
         }
     )
     cap: float = 60.0  # the longest default cooldown after repeats
+    # The longest for an outage: one probe per this many seconds, so recovery is seen within
+    # it plus the gap between two requests, however long the outage lasted.
+    outage_cap: float = 5.0
     hint_cap: float = 7 * 86400.0  # the longest wait a provider's own hint may impose
     circuit_threshold: int = 3  # consecutive transient failures that open the circuit
     probe_timeout: float = 30.0  # an unanswered probe lets the next one through after this
@@ -57,7 +64,8 @@ class Policy:
         base = self.base.get(kind, 1.0)
         if base >= self.cap:  # long, fixed penalties (auth, quota, not found) don't grow
             return base
-        return min(base * 2.0 ** min(strikes, 16), self.cap)
+        cap = self.outage_cap if kind in OUTAGE else self.cap
+        return min(base * 2.0 ** min(strikes, 16), cap)
 
 
 DEFAULT_POLICY = Policy()
@@ -278,7 +286,7 @@ class HealthBook:
         models = {
             m: one(b)
             for m, b in kept.items()
-            if (b.state is not State.READY or b.strikes) and len(m) <= MAX_MODEL_NAME
+            if (b.state is not State.READY or b.strikes) and len(m) <= MAX_MODEL_ID
         }
         return SavedBook(provider=one(self.provider), models=models)
 
@@ -303,7 +311,6 @@ class HealthBook:
 # Decoded with exact types and bounds: a health file is input like any other.
 
 MAX_REASON = 256
-MAX_MODEL_NAME = 512
 MAX_PROVIDERS = 1024
 _MAX_WALL = 1e11  # seconds since the epoch, about the year 5000: finite and far from overflow
 
@@ -318,7 +325,7 @@ class SavedBreaker(msgspec.Struct, kw_only=True):
 class SavedBook(msgspec.Struct, kw_only=True):
     provider: SavedBreaker = msgspec.field(default_factory=SavedBreaker)
     models: Annotated[
-        dict[Annotated[str, msgspec.Meta(max_length=MAX_MODEL_NAME)], SavedBreaker],
+        dict[Annotated[str, msgspec.Meta(max_length=MAX_MODEL_ID)], SavedBreaker],
         msgspec.Meta(max_length=DEFAULT_POLICY.max_models),
     ] = msgspec.field(default_factory=dict)
 

@@ -1,7 +1,9 @@
 """The provider actor: owns one provider's HTTP client, concurrency limit, health and counters.
 
-Nobody else touches these. The supervisor asks it to `admit` a request and to
-run one `attempt`; the actor records every outcome in its own `HealthBook`.
+Nobody else touches these. The router asks it for a `view` of a member (for the
+failover engine), to `admit` a request and to run one `attempt`; the actor records
+every outcome in its own `HealthBook`, and hears what only the router sees through
+methods that say what happened (`saved_failover`, `prefill_rejected`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import httpx
+import msgspec
 import trio
 
 from ..capabilities import Capabilities, default_capabilities, with_overrides
@@ -25,6 +28,7 @@ from ..metadata import ModelInfo
 from ..protocol import ModelHealth, ProviderStatus
 from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
+from .engine import MemberView
 from .errors import NO_PENALTY, Failure, UpstreamError, classify_status
 from .health import Admission, HealthBook, SavedBook, State
 from .upstream import (
@@ -60,7 +64,7 @@ class ProviderActor:
         self.provider = provider
         self.failover = failover
         self.dialect: Dialect | None = dialect_for(provider.api)
-        self.health = HealthBook()
+        self._health = HealthBook()
         self.offered: list[str] = list(provider.models or ())
         self._metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
         self._capabilities: dict[str, Capabilities] = {}  # per model, worked out once
@@ -74,18 +78,20 @@ class ProviderActor:
         credentials, self.key_source, no_credentials = resolve_credentials(provider)
         self.region = getattr(credentials, "region", None)
         self.credentials: Credentials = credentials or StaticCredentials(Endpoint(base_url=provider.base_url))
+        # Models that answered a prefill with a 400: none is sent to them again while the daemon runs.
+        self._no_prefill: set[str] = set()
         # counters, for status
-        self.in_flight = 0
-        self.requests = 0
-        self.failures = 0
-        self.failovers_saved = 0
-        self.last_error: str | None = None
-        self.last_error_kind: str | None = None
+        self._in_flight = 0
+        self._requests = 0
+        self._failures = 0
+        self._failovers_saved = 0
+        self._last_error: str | None = None
+        self._last_error_kind: str | None = None
         self._recent: collections.deque[bool] = collections.deque(maxlen=50)
         if provider.disabled_reason or no_credentials:
-            self.health.disable(provider.disabled_reason or no_credentials)
+            self.disable(provider.disabled_reason or no_credentials)
         elif self.dialect is None:
-            self.health.disable(f"the {provider.api!r} API is not supported yet")
+            self.disable(f"the {provider.api!r} API is not supported yet")
 
     def _timeout(self, name: str) -> float:
         own = getattr(self.provider.config, name)
@@ -105,13 +111,13 @@ class ProviderActor:
                 self._pool.close()
                 self._client = self._pool = None
 
-    @property
-    def metadata(self) -> dict[str, ModelInfo]:
-        return self._metadata
+    def model_info(self, model: str) -> ModelInfo | None:
+        """What models.dev knows of `model` here, if anything."""
+        return self._metadata.get(model)
 
-    @metadata.setter
-    def metadata(self, value: dict[str, ModelInfo]) -> None:
-        self._metadata = value
+    def use_metadata(self, models: dict[str, ModelInfo]) -> None:
+        """models.dev's knowledge of this provider's models (capabilities are worked out anew)."""
+        self._metadata = models
         self._capabilities.clear()
 
     def capabilities(self, model: str) -> Capabilities:
@@ -128,7 +134,7 @@ class ProviderActor:
         caps = default_capabilities(
             self.provider.api, model, flavour=str(self.provider.options.get("flavour", ""))
         )
-        info = self.metadata.get(model)
+        info = self._metadata.get(model)
         if info is not None:
             caps = with_overrides(
                 caps,
@@ -212,32 +218,68 @@ class ProviderActor:
                 break
         return list(ids)
 
-    # ------------------------------------------------------------ decisions
+    # ------------------------------------------------------------ health
+
+    def view(self, model: str, now: float) -> MemberView:
+        """What the failover engine needs to know of `model` here at `now` (no probe is taken)."""
+        return MemberView(
+            admission=self._health.peek(model, now),
+            capabilities=self.capabilities(model),
+            prefill=model not in self._no_prefill,
+            disabled=self._health.provider.reason if self.disabled else None,
+        )
 
     def admit(self, model: str, now: float) -> Admission:
-        return self.health.admit(model, now)
-
-    def peek(self, model: str, now: float) -> Admission:
-        return self.health.peek(model, now)
+        """Take the admission `view` showed: when it says "probe", this request is the probe."""
+        return self._health.admit(model, now)
 
     @property
     def disabled(self) -> bool:
-        return self.health.provider.state is State.DISABLED
+        return self._health.provider.state is State.DISABLED
+
+    def disable(self, reason: str) -> None:
+        """Off for the daemon's life (no credentials, an API not supported): `reason` shows in status."""
+        self._health.disable(reason)
+
+    def reset_health(self) -> None:
+        """Forget every trip, as after a restart without history."""
+        self._health.reset()
+
+    def track(self, models: set[str], now: float) -> None:
+        """The models that may keep per-model health (what some member offers)."""
+        self._health.track(models, now)
+
+    def saved_failover(self) -> None:
+        """This provider finished an answer another member could not."""
+        self._failovers_saved += 1
+
+    def prefill_rejected(self, model: str) -> None:
+        """`model` here answered a prefill with a 400: it gets none again while the daemon runs."""
+        if len(self._no_prefill) < MAX_CACHED_MODELS:
+            self._no_prefill.add(model)
+
+    def health_fingerprint(self) -> bytes:
+        """Changes only when states, strikes or cooldown ends change, not with the passing time."""
+        return msgspec.json.encode(self._health.snapshot(0.0, 0.0))
 
     # ------------------------------------------------------------ one attempt
 
-    async def attempt(self, request: ChatRequest, model: str, on_items: OnItems) -> Finished:
+    async def attempt(
+        self, request: ChatRequest, model: str, on_items: OnItems, *, probe: bool = False
+    ) -> Finished:
         """Send `request` for `model` and feed the decoded items to `on_items`, a batch per read.
 
         Returns the finish once the dialect's own finish signal arrived; raises
         UpstreamError otherwise. Health and counters are updated here, whatever happens.
+        `probe`: this request holds the probe `admit` gave; if it ends without a verdict
+        (no slot, cancelled), the next request may probe.
         """
         assert self.dialect is not None and self._client is not None, "actor not running"
         assert self._pool is not None
-        await self._take_slot(model)
+        await self._take_slot(model, probe)
         try:
-            self.in_flight += 1
-            self.requests += 1
+            self._in_flight += 1
+            self._requests += 1
             try:
                 try:
                     finished = await self._attempt(self.dialect, request, model, on_items)
@@ -249,25 +291,30 @@ class ProviderActor:
             except UpstreamError as e:
                 e.message = self.redact(e.message)
                 if e.kind is Failure.BUSY:  # our own shortage: no verdict on the provider, nor a request
-                    self.health.release(model, trio.current_time())
-                    self.requests -= 1
+                    self._release(model, probe)
+                    self._requests -= 1
                 else:
                     self._record_failure(model, e)
                 raise
             except BaseException:
                 # Cancelled (the caller went away) or our own bug: not the provider's fault.
-                self.health.release(model, trio.current_time())
-                self.requests -= 1
+                self._release(model, probe)
+                self._requests -= 1
                 raise
             finally:
-                self.in_flight -= 1
-            self.health.succeed(model)
+                self._in_flight -= 1
+            self._health.succeed(model)
             self._recent.append(True)
             return finished
         finally:
             self._limiter.release()
 
-    async def _take_slot(self, model: str) -> None:
+    def _release(self, model: str, probe: bool) -> None:
+        """An attempt ended without a verdict: its probe, if it held one, goes to the next request."""
+        if probe:
+            self._health.release(model, trio.current_time())
+
+    async def _take_slot(self, model: str, probe: bool) -> None:
         """One of the `max_concurrency` slots, waiting at most `slot_wait`; else a BUSY failure.
 
         Callers that stop reading hold their slots for as long as they like: an unbounded wait
@@ -285,10 +332,10 @@ class ProviderActor:
                 await self._limiter.acquire()
                 return
         except BaseException:
-            self.health.release(model, trio.current_time())  # cancelled while waiting: no verdict
+            self._release(model, probe)  # cancelled while waiting: no verdict
             raise
-        # Not the provider's fault, and no answer came: a probe `admit` took goes to the next request.
-        self.health.release(model, trio.current_time())
+        # Not the provider's fault, and no answer came: a probe `admit` gave goes to the next request.
+        self._release(model, probe)
         limit = self._limiter.total_tokens
         raise UpstreamError(
             Failure.BUSY, f"all {limit} concurrency slots stayed busy for {self.failover.slot_wait:g}s"
@@ -296,13 +343,13 @@ class ProviderActor:
 
     def _record_failure(self, model: str, e: UpstreamError) -> None:
         now = trio.current_time()
-        self.health.fail(model, now, e.kind, e.retry_after)
+        self._health.fail(model, now, e.kind, e.retry_after)
         if e.kind in NO_PENALTY:
             return
-        self.failures += 1
+        self._failures += 1
         self._recent.append(False)
-        self.last_error = e.message
-        self.last_error_kind = e.kind.value
+        self._last_error = e.message
+        self._last_error_kind = e.kind.value
 
     def first_token_timeout(self, request: ChatRequest) -> float:
         """The first-token limit, scaled up for long prompts (they take longer to read)."""
@@ -394,30 +441,30 @@ class ProviderActor:
     # ------------------------------------------------------------ status
 
     def status(self, now: float) -> ProviderStatus:
-        state, remaining = self.health.summary(now, self.offered)
+        state, remaining = self._health.summary(now, self.offered)
         models = [
             ModelHealth(
                 model=m, state=b.state.value, cooldown_remaining_s=round(b.remaining(now), 3), reason=b.reason
             )
-            for m, b in sorted(self.health.models.items())
+            for m, b in sorted(self._health.models.items())
             if b.state is not State.READY
         ]
         rate = (sum(self._recent) / len(self._recent)) if self._recent else None
-        last_error = self.last_error
+        last_error = self._last_error
         if state is State.DISABLED:
-            last_error = self.health.provider.reason
+            last_error = self._health.provider.reason
         return ProviderStatus(
             id=self.id,
             state=state.value,
             cooldown_remaining_s=round(remaining, 3),
-            in_flight=self.in_flight,
-            requests=self.requests,
-            failures=self.failures,
+            in_flight=self._in_flight,
+            requests=self._requests,
+            failures=self._failures,
             last_error=last_error,
             api=self.provider.api,
-            last_error_kind=self.last_error_kind,
+            last_error_kind=self._last_error_kind,
             success_rate=None if rate is None else round(rate, 3),
-            failovers_saved=self.failovers_saved,
+            failovers_saved=self._failovers_saved,
             key_source=self.key_source,
             models=models,
             catalog=self.catalog_source,
@@ -426,10 +473,10 @@ class ProviderActor:
         )
 
     def snapshot(self, now: float) -> SavedBook:
-        return self.health.snapshot(now, time.time())
+        return self._health.snapshot(now, time.time())
 
     def restore(self, saved: SavedBook, now: float) -> None:
-        self.health.restore(saved, now, time.time())
+        self._health.restore(saved, now, time.time())
 
 
 def _decode(decoder: StreamDecoder, chunk: bytes | None) -> list[DecodedItem]:

@@ -25,6 +25,7 @@ import trio
 
 from .. import __version__
 from .accept import RESOURCE_ERRNOS
+from .dialects.urls import DEFAULT_PORTS, host_header
 
 RECEIVE_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
@@ -32,7 +33,6 @@ KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection is kept; servers close the
 USER_AGENT = f"combined-models/{__version__}"
 # A compressed body is inflated no further than this: a few kilobytes of deflate can claim gigabytes.
 MAX_INFLATED_BODY = 64 * 1024 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ConnectFailed(Exception):
@@ -68,9 +68,9 @@ def parse_target(url: str) -> Target:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port if parts.port is not None else _DEFAULT_PORTS[parts.scheme]
+    port = parts.port if parts.port is not None else DEFAULT_PORTS[parts.scheme]
     return Target(
         scheme=parts.scheme,
         host=parts.hostname,
@@ -78,17 +78,6 @@ def parse_target(url: str) -> Target:
         authority=host_header(parts.scheme, parts.hostname, port),
         path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
     )
-
-
-def host_header(scheme: str, host: str, port: int | None) -> str:
-    """What an HTTP client sends as Host (and SigV4 signs): lower-cased, port only when not the default.
-
-    `port` None: the URL named none, so the scheme's default.
-    """
-    host = host.lower()
-    if ":" in host:
-        host = f"[{host}]"  # IPv6 literal
-    return host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
 
 
 @functools.cache

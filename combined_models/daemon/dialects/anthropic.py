@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, assert_never
 from urllib.parse import urlencode
@@ -20,7 +19,6 @@ from ...chat import (
     TextPart,
     ThinkingEvent,
     ThinkingPart,
-    ToolCallEvent,
     ToolCallPart,
     ToolResultPart,
     Usage,
@@ -31,17 +29,25 @@ from .base import (
     HttpRequest,
     SSEJsonDecoder,
     error_object,
+    event_object,
+    explicit_retry_after,
+    inband_error,
     join_url,
     json_body,
-    loads_event,
     loads_json,
     short,
+)
+from .claude_family import (
+    ANSWER_TOKENS,
+    StreamedToolUse,
+    claude_turns,
+    replayable,
+    thinking_limits,
+    unit_temperature,
 )
 from .sse import SSEEvent
 
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
-MIN_THINKING_BUDGET = 1024  # the API's floor for `budget_tokens`
 
 _FINISH = {
     "end_turn": "stop",
@@ -100,8 +106,7 @@ def _headers(endpoint: Endpoint, accept: str) -> dict[str, str]:
 def _block(part: Part) -> dict[str, Any] | None:
     """One neutral part as an Anthropic content block; None for what is not sent."""
     if isinstance(part, TextPart):
-        # The API rejects empty and whitespace-only text blocks.
-        return {"type": "text", "text": part.text} if part.text.strip() else None
+        return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
         if part.url:
             return {"type": "image", "source": {"type": "url", "url": part.url}}
@@ -127,42 +132,29 @@ def _block(part: Part) -> dict[str, Any] | None:
             result["is_error"] = True
         return result
     if isinstance(part, ThinkingPart):
-        # The API verifies the signature of every thinking block it is sent, and a block
-        # without one is rejected. Only Claude (here or on Bedrock/Vertex) signs its
-        # thinking, so a signed part is taken to be Claude's; unsigned reasoning from
-        # other vendors is dropped. (`provider` names a configured provider, not a vendor,
-        # so it cannot decide this.)
-        if part.signature:
+        if replayable(part):
             return {"type": "thinking", "thinking": part.text, "signature": part.signature}
         return None
     assert_never(part)
 
 
+def _blocks(msg: Message) -> list[dict[str, Any]]:
+    parts: list[Part] = [TextPart(msg.content)] if isinstance(msg.content, str) else msg.content
+    return [b for b in map(_block, parts) if b is not None]
+
+
 def encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Neutral messages -> Anthropic's: same-role neighbours merged, tool results first, prefill stripped."""
-    out: list[dict[str, Any]] = []
-    for msg in messages:
-        parts: list[Part] = [TextPart(msg.content)] if isinstance(msg.content, str) else msg.content
-        blocks = [b for b in map(_block, parts) if b is not None]
-        if not blocks:
-            continue  # the API rejects empty messages
-        if out and out[-1]["role"] == msg.role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": msg.role, "content": blocks})
-    if out and out[-1]["role"] == "assistant":
-        # A final assistant message is a prefill; the API rejects one ending in whitespace.
-        last = out[-1]["content"]
-        if last[-1]["type"] == "text":
-            last[-1] = {"type": "text", "text": last[-1]["text"].rstrip()}
-    for m in out:
-        blocks = m["content"]
-        if m["role"] == "user":
-            # Tool results must open the user turn that follows the tool_use (stable sort).
-            blocks.sort(key=lambda b: b["type"] != "tool_result")
+    """Neutral messages -> Anthropic's, as Claude takes them; a lone text block as a plain string."""
+    turns = claude_turns(
+        ((msg.role, _blocks(msg)) for msg in messages),
+        is_text=lambda b: b["type"] == "text",
+        is_tool_result=lambda b: b["type"] == "tool_result",
+    )
+    for turn in turns:
+        blocks = turn["content"]
         if len(blocks) == 1 and blocks[0]["type"] == "text":
-            m["content"] = blocks[0]["text"]
-    return out
+            turn["content"] = blocks[0]["text"]
+    return turns
 
 
 def _thinking_allowed(messages: list[dict[str, Any]]) -> bool:
@@ -199,24 +191,12 @@ def _tool_choice(choice: str, thinking: bool) -> dict[str, Any]:
 
 
 def _limits(request: ChatRequest, endpoint: Endpoint, thinking: bool) -> tuple[int, int | None]:
-    """`max_tokens` (required by the API) and the thinking budget (None: no thinking).
-
-    An explicit max_tokens is a cap on everything generated, thinking included (it is
-    lowered for continuations), so the budget shrinks to fit under it; without one, the
-    answer gets the default on top of the budget.
-    """
-    default = int(endpoint.options.get("default_max_tokens", DEFAULT_MAX_TOKENS))
-    budget = request.thinking_budget
-    if not thinking or budget is None or budget <= 0:
-        return (request.max_tokens if request.max_tokens is not None else default), None
-    budget = max(budget, MIN_THINKING_BUDGET)
-    if request.max_tokens is None:
-        return budget + default, budget
-    if request.max_tokens <= budget:
-        budget = request.max_tokens - 1
-        if budget < MIN_THINKING_BUDGET:
-            return request.max_tokens, None  # too little room to think: answer without
-    return request.max_tokens, budget
+    """`max_tokens` (required by the API: the default when none was named) and the thinking budget."""
+    default = int(endpoint.options.get("default_max_tokens", ANSWER_TOKENS))
+    max_tokens, budget = thinking_limits(
+        request.max_tokens, request.thinking_budget if thinking else None, default
+    )
+    return (max_tokens if max_tokens is not None else default), budget
 
 
 # ---------------------------------------------------------------- dialect
@@ -246,9 +226,7 @@ class AnthropicDialect:
                 body["top_p"] = min(1.0, max(0.95, request.top_p))
         else:
             if request.temperature is not None:
-                # The neutral range is OpenAI's 0-2, Anthropic's is 0-1. Clamped, not rescaled:
-                # 0.7 means the same everywhere, and above 1 is "as random as it gets".
-                body["temperature"] = min(1.0, max(0.0, request.temperature))
+                body["temperature"] = unit_temperature(request.temperature)
             if request.top_p is not None:
                 body["top_p"] = request.top_p
         if request.stop:
@@ -273,19 +251,17 @@ class AnthropicDialect:
         self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> UpstreamError:
         err = error_object(body)
-        etype = str(err.get("type") or "")
         message = str(err.get("message") or body.decode("utf-8", "replace").strip() or "(empty body)")
-        kind = _classify(status, etype, message)
+        kind = _classify(status, str(err.get("type") or ""), message)
         retry: float | None = None
         if kind is Failure.RATE_LIMITED:
             # retry-after, else the reset instant of the exhausted anthropic-ratelimit-* bucket.
             retry = retry_after_from_headers(headers, now)
         elif kind in (Failure.OVERLOADED, Failure.TRANSIENT):
-            # Only an explicit wait: the rate-limit buckets' resets say nothing about load.
-            explicit = {k: v for k, v in headers.items() if k.lower() in ("retry-after", "retry-after-ms")}
-            retry = retry_after_from_headers(explicit, now)
-        label = f"{etype}: {message}" if etype else message
-        return UpstreamError(kind, f"HTTP {status}: {short(label)}", status=status, retry_after=retry)
+            retry = explicit_retry_after(headers, now)
+        return UpstreamError(
+            kind, f"HTTP {status}: {short(_label(err, message))}", status=status, retry_after=retry
+        )
 
     def build_list_models(
         self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
@@ -322,17 +298,17 @@ def _classify(status: int, etype: str, message: str) -> Failure:
     return _ERROR_TYPES.get(etype) or classify_status(status)
 
 
-def _inband_error(err: Any) -> UpstreamError:
-    """`event: error` under HTTP 200: output may have gone out, so anything but load is transient."""
-    if not isinstance(err, dict):
-        err = {"message": str(err)}
+def _label(err: Mapping[str, Any], message: str) -> str:
     etype = str(err.get("type") or "")
-    message = str(err.get("message") or "error event in stream")
-    kind = {"overloaded_error": Failure.OVERLOADED, "rate_limit_error": Failure.RATE_LIMITED}.get(
-        etype, Failure.TRANSIENT
-    )
-    label = f"{etype}: {message}" if etype else message
-    return UpstreamError(kind, f"error in stream: {short(label)}")
+    return f"{etype}: {message}" if etype else message
+
+
+_STREAM_ERROR_TYPES = {"overloaded_error": Failure.OVERLOADED, "rate_limit_error": Failure.RATE_LIMITED}
+
+
+def _classify_in_stream(status: int, err: Mapping[str, Any], message: str) -> tuple[Failure, float | None]:
+    """`event: error` under HTTP 200: output may have gone out, so anything but load is transient."""
+    return _STREAM_ERROR_TYPES.get(str(err.get("type") or ""), Failure.TRANSIENT), None
 
 
 # ---------------------------------------------------------------- stream
@@ -365,7 +341,7 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
             "cache_creation_input_tokens": 0,
         }
         self._stop_reason: str | None = None
-        self._tools: dict[int, _ToolBlock] = {}
+        self._tools: dict[int, StreamedToolUse] = {}
 
     def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
         return self._event(event.event, event.data)
@@ -402,9 +378,7 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
                 self._counts[key] = int(value)
 
     def _event(self, name: str, data: str) -> list[DecodedItem]:
-        msg = loads_event(data)
-        if not isinstance(msg, dict):
-            raise TypeError("event is not a JSON object")
+        msg = event_object(data)
         kind = msg.get("type", name)  # the data repeats the `event:` name; either will do
         if kind == "message_start":
             message = msg["message"]
@@ -428,7 +402,7 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
             self._done = True
             return [self._finished()]
         elif kind == "error":
-            raise _inband_error(msg.get("error"))
+            raise inband_error(msg.get("error"), _classify_in_stream, _label)
         # ping, and event types added later: ignored, as the docs ask.
         return []
 
@@ -436,7 +410,7 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
         kind = block["type"]
         if kind == "tool_use":
             initial = block.get("input")
-            self._tools[index] = _ToolBlock(
+            self._tools[index] = StreamedToolUse(
                 _text(block, "id"), _text(block, "name"), initial if isinstance(initial, dict) else {}
             )
         elif kind == "text" and block.get("text"):
@@ -457,28 +431,5 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
         if kind == "signature_delta":
             return [ThinkingEvent("", signature=_text(delta, "signature"))]
         if kind == "input_json_delta":
-            self._tools[index].parts.append(_text(delta, "partial_json"))
+            self._tools[index].fragments.append(_text(delta, "partial_json"))
         return []  # citations and later delta types
-
-
-@dataclass(slots=True)
-class _ToolBlock:
-    """A tool_use block being streamed: its input arrives as JSON fragments."""
-
-    call_id: str
-    name: str
-    initial: dict[str, Any]
-    parts: list[str] = field(default_factory=list)
-
-    def call(self) -> ToolCallEvent:
-        raw = "".join(self.parts)
-        if not raw.strip():
-            # No fragments (or only the usual empty first one): the input stays as it started.
-            return ToolCallEvent(self.call_id, self.name, self.initial)
-        try:
-            args = loads_json(raw)
-        except ValueError:
-            args = None
-        if not isinstance(args, dict):
-            raise UpstreamError(Failure.TRANSIENT, f"tool call {self.name!r} has invalid JSON input")
-        return ToolCallEvent(self.call_id, self.name, args)

@@ -7,7 +7,7 @@ values. The provider actor does the HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,7 +16,7 @@ import msgspec
 
 from ...chat import ChatRequest, DecodedItem
 from ...limits import TooDeep
-from ..errors import Failure, UpstreamError
+from ..errors import Failure, UpstreamError, retry_after_from_headers
 from .sse import SSEDecoder, SSEEvent, SSETooLong
 
 
@@ -105,6 +105,14 @@ def loads_event(data: str | bytes) -> Any:
         raise TooDeep() from None
 
 
+def event_object(data: str | bytes) -> dict[str, Any]:
+    """One stream event's JSON object; other JSON is a malformed event (TypeError), bad JSON too (ValueError)."""
+    obj = loads_event(data)
+    if not isinstance(obj, dict):
+        raise TypeError("event is not a JSON object")
+    return obj
+
+
 def loads_json(data: str | bytes) -> Any:
     """`json.loads` for what a provider sends (listings, error bodies, tool arguments).
 
@@ -146,6 +154,63 @@ def error_object(body: bytes) -> dict[str, Any]:
         return {}
     err = data.get("error", data)
     return err if isinstance(err, dict) else {"message": str(err)}
+
+
+def merge_headers(headers: Mapping[str, str], override: Mapping[str, str]) -> dict[str, str]:
+    """`headers` with `override` replacing any header of the same name, whatever its case."""
+    replaced = {k.lower() for k in override}
+    return {**{k: v for k, v in headers.items() if k.lower() not in replaced}, **override}
+
+
+def explicit_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
+    """The wait a response names outright (`retry-after`, `retry-after-ms`).
+
+    For overload: the rate-limit buckets' resets say when a bucket refills, nothing about load.
+    """
+    explicit = {k: v for k, v in headers.items() if k.lower() in ("retry-after", "retry-after-ms")}
+    return retry_after_from_headers(explicit, now)
+
+
+# ---------------------------------------------------------------- errors inside a 200 stream
+
+# Verdicts on the request itself. In a stream the request was already accepted, so the
+# answer broke and goes to the next attempt; answering the caller "bad request" would be wrong.
+_REQUEST_VERDICTS = frozenset({Failure.BAD_REQUEST, Failure.NOT_FOUND, Failure.AUTH})
+
+# (status, error object, message) -> the failover class and the wait the object names.
+StreamErrorClassifier = Callable[[int, Mapping[str, Any], str], tuple[Failure, float | None]]
+
+
+def kind_in_stream(kind: Failure) -> Failure:
+    """The class of an error that arrived inside a stream, as `kind` would be for the response."""
+    return Failure.TRANSIENT if kind in _REQUEST_VERDICTS else kind
+
+
+def _message_only(err: Mapping[str, Any], message: str) -> str:
+    return message
+
+
+def inband_error(
+    err: object,
+    classify: StreamErrorClassifier,
+    label: Callable[[Mapping[str, Any], str], str] = _message_only,
+) -> UpstreamError:
+    """An error object inside a 200 stream -> the UpstreamError to raise.
+
+    A bare value is read as the message. An integer `code` is the HTTP status the error
+    stands for; without one `classify` sees 500. `label` names the error in the message.
+    """
+    fields: Mapping[str, Any] = err if isinstance(err, dict) else {"message": str(err)}
+    message = str(fields.get("message") or "error event in stream")
+    code = fields.get("code")
+    status = code if isinstance(code, int) else None
+    kind, retry = classify(status or 500, fields, message)
+    return UpstreamError(
+        kind_in_stream(kind),
+        f"error in stream: {short(label(fields, message))}",
+        status=status,
+        retry_after=retry,
+    )
 
 
 class SSEJsonDecoder:

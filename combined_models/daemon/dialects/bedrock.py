@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -27,23 +26,30 @@ from ...chat import (
     TextPart,
     ThinkingEvent,
     ThinkingPart,
-    ToolCallEvent,
     ToolCallPart,
     ToolResultPart,
     Usage,
 )
 from ..errors import Failure, UpstreamError, classify_status, retry_after_from_headers
 from .aws_credentials import AwsCredentials
-from .base import Endpoint, HttpRequest, join_url, json_body, loads_event, loads_json, short
+from .base import (
+    Endpoint,
+    HttpRequest,
+    event_object,
+    join_url,
+    json_body,
+    kind_in_stream,
+    loads_json,
+    merge_headers,
+    short,
+)
+from .claude_family import StreamedToolUse, claude_turns, replayable, thinking_limits, unit_temperature
 from .eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from .sigv4 import model_path, sign_request
 
 __all__ = ["BedrockDialect", "BedrockStreamDecoder", "classify_aws_error", "converse_body"]
 
 PROFILES_CURSOR = "profiles"
-# Anthropic wants max_tokens > thinking budget; when the caller named no limit, leave this much for the answer.
-THINKING_ANSWER_TOKENS = 4096
-MIN_THINKING_BUDGET = 1024  # Anthropic's minimum budget_tokens
 
 _IMAGE_FORMATS = {
     "image/png": "png",
@@ -92,20 +98,17 @@ def converse_body(request: ChatRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": _messages(request.messages)}
     if request.system and request.system.strip():
         body["system"] = [{"text": request.system}]
-    budget = _thinking_budget(request, model)
-    thinking = budget is not None
+    max_tokens, budget = thinking_limits(request.max_tokens, _thinking_request(request, model))
     inference: dict[str, Any] = {}
-    if request.max_tokens is not None:
-        inference["maxTokens"] = request.max_tokens
+    if max_tokens is not None:
+        inference["maxTokens"] = max_tokens
     if budget is not None:
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
-        if request.max_tokens is None:
-            inference["maxTokens"] = budget + THINKING_ANSWER_TOKENS
     elif request.temperature is not None:
-        # Bedrock's range is 0-1 (OpenAI's is 0-2): clamp. With thinking, Claude
-        # rejects any temperature/top_p change, so neither is sent then.
-        inference["temperature"] = min(1.0, max(0.0, request.temperature))
-    if request.top_p is not None and not thinking:
+        # Bedrock's range is 0-1, as Claude's. With thinking, Claude rejects any
+        # temperature/top_p change, so neither is sent then.
+        inference["temperature"] = unit_temperature(request.temperature)
+    if request.top_p is not None and budget is None:
         inference["topP"] = request.top_p
     stops = [s for s in request.stop or () if s]
     if stops:
@@ -118,56 +121,27 @@ def converse_body(request: ChatRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def _thinking_budget(request: ChatRequest, model: str) -> int | None:
-    """Claude's thinking budget: at least 1024, and below max_tokens.
+def _thinking_request(request: ChatRequest, model: str) -> int | None:
+    """The thinking budget asked for, where Claude on Bedrock can take it.
 
-    `thinking_budget` means "where supported", so no thinking is asked for where
-    Claude would reject the request for it: other Bedrock models (whose
-    reasoning switches differ per vendor), a forced tool choice, or a max_tokens
-    too small to leave room for a minimal budget.
+    `thinking_budget` means "where supported", so none is asked for where the request
+    would be rejected for it: other Bedrock models (whose reasoning switches differ per
+    vendor), or a forced tool choice.
     """
-    if request.thinking_budget is None or not ("anthropic." in model or "claude" in model.lower()):
+    if not ("anthropic." in model or "claude" in model.lower()):
         return None
     if request.tools and request.tool_choice not in (None, "auto", "none"):
         return None
-    budget = max(MIN_THINKING_BUDGET, request.thinking_budget)
-    if request.max_tokens is not None and budget >= request.max_tokens:
-        budget = request.max_tokens - 1
-        if budget < MIN_THINKING_BUDGET:
-            return None
-    return budget
+    return request.thinking_budget
 
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for msg in messages:
-        blocks = _blocks(msg)
-        if not blocks:
-            continue  # Bedrock rejects empty messages and blank text blocks
-        if out and out[-1]["role"] == msg.role:
-            out[-1]["content"].extend(blocks)  # Bedrock requires alternating roles
-        else:
-            out.append({"role": msg.role, "content": blocks})
-    for m in out:
-        if m["role"] == "user":
-            # Claude wants a user turn's tool results before anything else in it.
-            m["content"].sort(key=lambda b: "toolResult" not in b)
-    if out and out[-1]["role"] == "assistant":
-        _strip_prefill(out)
-    return out
-
-
-def _strip_prefill(out: list[dict[str, Any]]) -> None:
-    """A final assistant turn is a prefill; Claude rejects one ending in whitespace."""
-    content = out[-1]["content"]
-    if content and "text" in content[-1]:
-        text = content[-1]["text"].rstrip()
-        if text:
-            content[-1] = {"text": text}
-        else:
-            content.pop()
-    if not content:
-        out.pop()
+    # Claude's rules, for every model: Converse itself wants alternating roles and no empty content.
+    return claude_turns(
+        ((msg.role, _blocks(msg)) for msg in messages),
+        is_text=lambda b: "text" in b,
+        is_tool_result=lambda b: "toolResult" in b,
+    )
 
 
 def _blocks(msg: Message) -> list[dict[str, Any]]:
@@ -176,10 +150,10 @@ def _blocks(msg: Message) -> list[dict[str, Any]]:
     text: list[str] = []
 
     def flush_text() -> None:
-        joined = "".join(text)
-        text.clear()
-        if joined.strip():
-            blocks.append({"text": joined})
+        # Neighbouring text parts travel as one block.
+        if text:
+            blocks.append({"text": "".join(text)})
+            text.clear()
 
     for p in parts:
         if isinstance(p, TextPart):
@@ -213,8 +187,7 @@ def _user_block(p: Part) -> dict[str, Any] | None:
 def _assistant_block(p: Part) -> dict[str, Any] | None:
     if isinstance(p, ToolCallPart):
         return {"toolUse": {"toolUseId": _tool_id(p.id), "name": p.name, "input": p.arguments}}
-    if isinstance(p, ThinkingPart) and p.signature:
-        # Unsigned reasoning cannot be replayed (Claude verifies the signature): dropped.
+    if isinstance(p, ThinkingPart) and replayable(p):
         return {"reasoningContent": {"reasoningText": {"text": p.text, "signature": p.signature}}}
     return None
 
@@ -336,7 +309,7 @@ def _authorized(
 ) -> HttpRequest:
     """The request with its auth: the Bedrock API key as a bearer, else a SigV4 signature."""
     if endpoint.api_key:
-        headers = _merge(headers, {"authorization": f"Bearer {endpoint.api_key}"})
+        headers = merge_headers(headers, {"authorization": f"Bearer {endpoint.api_key}"})
     elif isinstance(endpoint.credentials, AwsCredentials):
         signed = sign_request(
             method=method,
@@ -347,16 +320,10 @@ def _authorized(
             region=_region(endpoint, url),
             now=now or datetime.now(UTC),
         )
-        headers = _merge(headers, signed)
+        headers = merge_headers(headers, signed)
     else:
         raise UpstreamError(Failure.AUTH, "no AWS credentials")
     return HttpRequest(method, url, headers, body)
-
-
-def _merge(headers: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
-    """`headers` with `new` replacing any header of the same name, whatever its case."""
-    lower = {k.lower() for k in new}
-    return {**{k: v for k, v in headers.items() if k.lower() not in lower}, **new}
 
 
 # ---------------------------------------------------------------- the dialect
@@ -533,13 +500,6 @@ def classify_aws_error(code: str, message: str, status: int) -> Failure:
 # ---------------------------------------------------------------- stream
 
 
-@dataclass
-class _ToolBlock:
-    id: str
-    name: str
-    input: list[str] = field(default_factory=list)
-
-
 class BedrockStreamDecoder:
     """ConverseStream event-stream bytes -> neutral items.
 
@@ -550,7 +510,7 @@ class BedrockStreamDecoder:
 
     def __init__(self) -> None:
         self._frames = EventStreamDecoder()
-        self._tools: dict[int, _ToolBlock] = {}
+        self._tools: dict[int, StreamedToolUse] = {}
         self._finish: str | None = None
         self._usage = Usage()
         self._done = False
@@ -605,9 +565,7 @@ class BedrockStreamDecoder:
     def _message(self, message: EventStreamMessage) -> list[DecodedItem]:
         kind = message.message_type
         if kind == "event":
-            payload = loads_event(message.payload) if message.payload else {}
-            if not isinstance(payload, dict):
-                raise ValueError("event payload is not an object")
+            payload = event_object(message.payload) if message.payload else {}
             return self._event(message.event_type or "", payload)
         if kind == "exception":
             raise _stream_exception(message)
@@ -623,18 +581,18 @@ class BedrockStreamDecoder:
         if name == "contentBlockStart":
             tool = (e.get("start") or {}).get("toolUse")
             if isinstance(tool, dict):
-                self._tools[int(e["contentBlockIndex"])] = _ToolBlock(
+                self._tools[int(e["contentBlockIndex"])] = StreamedToolUse(
                     str(tool["toolUseId"]), str(tool["name"])
                 )
             return []
         if name == "contentBlockStop":
             block = self._tools.pop(int(e["contentBlockIndex"]), None)
-            return [_tool_call(block)] if block else []
+            return [block.call()] if block else []
         if name == "messageStop":
             reason = str(e["stopReason"])
             if reason in _MALFORMED_STOPS:
                 raise UpstreamError(Failure.TRANSIENT, f"model stopped with {reason}")
-            out: list[DecodedItem] = [_tool_call(b) for _, b in sorted(self._tools.items())]
+            out: list[DecodedItem] = [b.call() for _, b in sorted(self._tools.items())]
             self._tools.clear()
             self._finish = _FINISH.get(reason, reason)
             return out
@@ -653,7 +611,7 @@ class BedrockStreamDecoder:
             block = self._tools.get(index)
             if block is None:
                 raise UpstreamError(Failure.TRANSIENT, f"tool input for block {index} without its start")
-            block.input.append(str(tool.get("input") or ""))
+            block.fragments.append(str(tool.get("input") or ""))
             return []
         reasoning = delta.get("reasoningContent")
         if isinstance(reasoning, dict):
@@ -666,17 +624,6 @@ class BedrockStreamDecoder:
         return []
 
 
-def _tool_call(block: _ToolBlock) -> ToolCallEvent:
-    raw = "".join(block.input)
-    try:
-        args = loads_json(raw) if raw.strip() else {}
-    except ValueError:
-        raise UpstreamError(Failure.TRANSIENT, f"tool call {block.name!r} has invalid JSON input") from None
-    if not isinstance(args, dict):
-        raise UpstreamError(Failure.TRANSIENT, f"tool call {block.name!r} input is not an object")
-    return ToolCallEvent(block.id, block.name, args)
-
-
 def _stream_exception(message: EventStreamMessage) -> UpstreamError:
     """An exception frame under HTTP 200: the answer broke mid-stream, so it is for failover."""
     name = message.exception_type or "exception"
@@ -687,16 +634,7 @@ def _stream_exception(message: EventStreamMessage) -> UpstreamError:
     text = ""
     if isinstance(payload, dict):
         text = str(payload.get("message") or payload.get("Message") or payload.get("originalMessage") or "")
-    kind = classify_aws_error(name, text, 500)
-    if kind not in (
-        Failure.RATE_LIMITED,
-        Failure.QUOTA_EXHAUSTED,
-        Failure.OVERLOADED,
-        Failure.CONTEXT_TOO_LONG,
-        Failure.PREFILL_REJECTED,
-    ):
-        # A validation error after the request was accepted is no verdict on the request.
-        kind = Failure.TRANSIENT
+    kind = kind_in_stream(classify_aws_error(name, text, 500))
     return UpstreamError(kind, f"{name} in stream: {short(text or 'no message')}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ...chat import ChatRequest, ImagePart, ToolResultPart
 from ..errors import Failure, UpstreamError, retry_after_from_text
-from .base import Endpoint, HttpRequest, error_object, loads_json
+from .base import Endpoint, HttpRequest, error_object, loads_json, merge_headers
 from .copilot_auth import EDITOR_HEADERS
 from .openai import OpenAIDialect
 
@@ -49,12 +49,6 @@ def wants_vision(request: ChatRequest) -> bool:
     )
 
 
-def _with_defaults(headers: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:
-    """`defaults` under `headers`: a header already set (any case) wins, so the config can override."""
-    present = {k.lower() for k in headers}
-    return {**{k: v for k, v in defaults.items() if k.lower() not in present}, **headers}
-
-
 class CopilotDialect(OpenAIDialect):
     """The OpenAI dialect with Copilot's headers, error classes and model filter.
 
@@ -76,7 +70,8 @@ class CopilotDialect(OpenAIDialect):
         extra = {**self._headers(), "x-initiator": initiator(request)}
         if wants_vision(request):
             extra["copilot-vision-request"] = "true"
-        return HttpRequest(built.method, built.url, _with_defaults(built.headers, extra), built.body)
+        # Under the headers already set, so the config can override them.
+        return HttpRequest(built.method, built.url, merge_headers(extra, built.headers), built.body)
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
@@ -101,9 +96,7 @@ class CopilotDialect(OpenAIDialect):
         self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
     ) -> HttpRequest:
         built = super().build_list_models(endpoint, now, cursor)
-        return HttpRequest(
-            built.method, built.url, _with_defaults(built.headers, self._headers()), built.body
-        )
+        return HttpRequest(built.method, built.url, merge_headers(self._headers(), built.headers), built.body)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
         """Chat models the account may pick, as Copilot's own clients filter the list."""

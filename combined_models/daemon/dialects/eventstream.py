@@ -215,10 +215,6 @@ class EventStreamDecoder:
         self._total_len: int | None = None
         self._error: EventStreamError | None = None
 
-    def pending(self) -> int:
-        """Number of bytes buffered that do not yet form a complete message."""
-        return len(self._buf)
-
     def feed(self, data: bytes) -> list[EventStreamMessage]:
         """Buffer ``data`` and return every message it completes (possibly none).
 
@@ -254,8 +250,6 @@ class EventStreamDecoder:
             raise EventStreamError(
                 f"stream truncated: {len(self._buf)} bytes of an incomplete {what} left over"
             )
-
-    close = eof
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -31,7 +31,6 @@ from ..errors import (
     UpstreamError,
     classify_status,
     parse_protobuf_duration,
-    retry_after_from_headers,
     retry_after_from_text,
 )
 from .base import (
@@ -39,9 +38,11 @@ from .base import (
     HttpRequest,
     SSEJsonDecoder,
     error_object,
+    event_object,
+    explicit_retry_after,
+    inband_error,
     join_url,
     json_body,
-    loads_event,
     loads_json,
     short,
 )
@@ -298,10 +299,10 @@ class GeminiDialect:
         message = str(err.get("message") or body.decode("utf-8", "replace").strip() or "(empty body)")
         kind, retry = _classify(status, err, message)
         if retry is None and kind in (Failure.RATE_LIMITED, Failure.OVERLOADED, Failure.TRANSIENT):
-            explicit = {k: v for k, v in headers.items() if k.lower() in ("retry-after", "retry-after-ms")}
-            retry = retry_after_from_headers(explicit, now)
-        label = f"{err['status']}: {message}" if isinstance(err.get("status"), str) else message
-        return UpstreamError(kind, f"HTTP {status}: {short(label)}", status=status, retry_after=retry)
+            retry = explicit_retry_after(headers, now)
+        return UpstreamError(
+            kind, f"HTTP {status}: {short(_label(err, message))}", status=status, retry_after=retry
+        )
 
     def build_list_models(
         self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
@@ -392,18 +393,9 @@ def _classify(status: int, err: Mapping[str, Any], message: str) -> tuple[Failur
     return kind, _retry_delay(err) if kind in (Failure.OVERLOADED, Failure.TRANSIENT) else None
 
 
-def _inband_error(err: Any) -> UpstreamError:
-    """An error object in a chunk under HTTP 200: output may have gone out already."""
-    if not isinstance(err, dict):
-        err = {"message": str(err)}
-    message = str(err.get("message") or "error in stream")
-    code = err.get("code")
-    status = code if isinstance(code, int) else None
-    kind, retry = _classify(status or 500, err, message)
-    if kind in (Failure.BAD_REQUEST, Failure.NOT_FOUND, Failure.AUTH):
-        kind = Failure.TRANSIENT
-    label = f"{err['status']}: {message}" if isinstance(err.get("status"), str) else message
-    return UpstreamError(kind, f"error in stream: {short(label)}", status=status, retry_after=retry)
+def _label(err: Mapping[str, Any], message: str) -> str:
+    """The message, after the error's RPC status (`RESOURCE_EXHAUSTED: ...`) when it has one."""
+    return f"{err['status']}: {message}" if isinstance(err.get("status"), str) else message
 
 
 # ---------------------------------------------------------------- stream
@@ -438,11 +430,9 @@ class GeminiStreamDecoder(SSEJsonDecoder):
         return [Finished(finish_reason=self._finish, usage=self._usage, model=self._model)]
 
     def _event(self, data: str) -> list[DecodedItem]:
-        chunk = loads_event(data)
-        if not isinstance(chunk, dict):
-            raise TypeError("chunk is not a JSON object")
+        chunk = event_object(data)
         if "error" in chunk:
-            raise _inband_error(chunk["error"])
+            raise inband_error(chunk["error"], _classify, _label)
         feedback = chunk.get("promptFeedback") or {}
         if feedback.get("blockReason"):
             raise UpstreamError(Failure.CONTENT_FILTER, f"prompt blocked: {feedback['blockReason']}")

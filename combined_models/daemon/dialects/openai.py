@@ -33,9 +33,10 @@ from .base import (
     HttpRequest,
     SSEJsonDecoder,
     error_object,
+    event_object,
+    inband_error,
     join_url,
     json_body,
-    loads_event,
     loads_json,
     short,
 )
@@ -186,15 +187,8 @@ def _classify(status: int, err: Mapping[str, Any], message: str) -> Failure:
     return classify_status(status)
 
 
-def _inband_error(err: Mapping[str, Any]) -> UpstreamError:
-    """An error chunk under HTTP 200: the answer broke mid-stream, so it is for failover, not the caller."""
-    message = str(err.get("message") or "error event in stream")
-    code = err.get("code")
-    status = code if isinstance(code, int) else None
-    kind = _classify(status or 500, err, message)
-    if kind in (Failure.BAD_REQUEST, Failure.NOT_FOUND, Failure.AUTH):
-        kind = Failure.TRANSIENT
-    return UpstreamError(kind, f"error in stream: {short(message)}", status=status)
+def _classify_in_stream(status: int, err: Mapping[str, Any], message: str) -> tuple[Failure, float | None]:
+    return _classify(status, err, message), None  # no wait is named inside a stream
 
 
 class OpenAIStreamDecoder(SSEJsonDecoder):
@@ -225,15 +219,9 @@ class OpenAIStreamDecoder(SSEJsonDecoder):
                 raise UpstreamError(Failure.TRANSIENT, "stream sent [DONE] without a finish_reason")
             self._done = True
             return [Finished(finish_reason=self._finish, usage=self._usage, model=self._model)]
-        try:
-            chunk = loads_event(data)
-        except ValueError:
-            raise UpstreamError(Failure.TRANSIENT, f"malformed stream event: {short(data, 80)!r}") from None
-        if not isinstance(chunk, dict):
-            raise UpstreamError(Failure.TRANSIENT, f"malformed stream event: {short(data, 80)!r}")
+        chunk = event_object(data)
         if chunk.get("error"):
-            err = chunk["error"]
-            raise _inband_error(err if isinstance(err, dict) else {"message": str(err)})
+            raise inband_error(chunk["error"], _classify_in_stream)
         if isinstance(chunk.get("model"), str) and chunk["model"]:
             self._model = chunk["model"]
         if isinstance(chunk.get("usage"), dict):
@@ -258,7 +246,7 @@ class OpenAIStreamDecoder(SSEJsonDecoder):
                 slot["arguments"] += fn.get("arguments") or ""
             reason = choice.get("finish_reason")
             if reason == "error":  # OpenRouter's in-band failure
-                raise _inband_error({"message": "provider reported finish_reason=error"})
+                raise inband_error("provider reported finish_reason=error", _classify_in_stream)
             if reason:
                 self._finish = _FINISH.get(reason, reason)
                 out.extend(self._tool_calls())

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote, urlsplit
 
-from ..upstream import host_header
 from .aws_credentials import AwsCredentials
+from .urls import host_header
 
 __all__ = ["model_path", "sign_request"]
 

@@ -119,8 +119,3 @@ class SSEDecoder:
     def _check_line(self, length: int) -> None:
         if length > self._max_line:
             raise SSETooLong(f"a line longer than {self._max_line} characters")
-
-    @property
-    def has_pending(self) -> bool:
-        """True when bytes of an unfinished event are buffered (what EOF would drop)."""
-        return bool(self._partial or self._data)

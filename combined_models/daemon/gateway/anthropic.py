@@ -2,7 +2,8 @@
 
 `parse_messages_request` turns a request body into the neutral `ChatRequest`;
 the responders turn the neutral stream events back into Messages stream events
-or one Message object. Nothing here does I/O.
+or one Message object; `FRONT_END` is this API as the gateway uses it.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ from ...protocol import ModelsInfo
 from .common import (
     STATUS_BY_KIND,
     BadRequest,
+    ChatCall,
+    FrontEnd,
     Out,
+    Responder,
     StreamResponder,
     UnaryResponder,
     check_depth,
     decode_json,
     json_reply,
+    new_response_id,
     retry_after_header,
     sse_event,
 )
@@ -456,3 +461,25 @@ def models_list(info: ModelsInfo, created: float) -> dict[str, Any]:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
+
+
+# ------------------------------------------------------------------ the front end
+
+
+def _chat_call(body: bytes) -> ChatCall:
+    parsed = parse_messages_request(body)
+    rid = new_response_id("msg_")
+    responder: Responder = MessageStreamResponder(rid) if parsed.stream else MessageResponder(rid)
+    return ChatCall(parsed.model, parsed.request, responder)
+
+
+FRONT_END = FrontEnd(
+    name="anthropic_chat",
+    chat_paths=("/v1/messages",),
+    parse_chat=_chat_call,
+    error=error_response,
+    bad_request=bad_request,
+    unauthorized=unauthorized,
+    models_list=models_list,
+    model_object=model_object,
+)

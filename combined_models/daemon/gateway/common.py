@@ -1,15 +1,21 @@
-"""What the OpenAI and Anthropic front doors share, sans-IO: errors, SSE framing, and the responder.
+"""What the OpenAI and Anthropic front doors share, sans-IO: errors, SSE framing, the responder, the front end.
 
-A `Responder` turns one request's stream events (from `Supervisor.chat`) into
+A `Responder` turns one request's stream events (from the daemon's `chat`) into
 HTTP output: a `Head` (status and headers), body bytes, and `finished` once the
 body is complete. It holds the head back until the first event decides it, so
 a failure before any output is still a proper HTTP error with a status code.
+
+A `FrontEnd` is one HTTP API the gateway speaks: each API module builds one,
+and the gateway asks it, never "which API is this?".
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,7 @@ from ...chat import (
     Usage,
 )
 from ...limits import TooDeep, check_request, decode_bounded
+from ...protocol import ModelsInfo
 
 PROVIDER_HEADER = "x-combined-models-provider"
 
@@ -305,3 +312,36 @@ class UnaryResponder(Responder):
 
 def usage_total(u: Usage) -> int:
     return u.input_tokens + u.output_tokens
+
+
+# ------------------------------------------------------------------ front ends
+
+_ID_PREFIX = secrets.token_hex(8)  # per process; the counter makes each id unique within it
+_ids = itertools.count(1)
+
+
+def new_response_id(prefix: str) -> str:
+    return f"{prefix}{_ID_PREFIX}{next(_ids):08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat request as a front end parsed it: what to ask the daemon, and who writes the answer."""
+
+    model: str
+    request: ChatRequest
+    responder: Responder
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEnd:
+    """One HTTP API the gateway speaks: its chat paths, how its requests parse, how its answers look."""
+
+    name: str  # its chat endpoint's name among the routes
+    chat_paths: tuple[str, ...]
+    parse_chat: Callable[[bytes], ChatCall]  # a chat request body -> the call; raises BadRequest
+    error: Callable[[int, str], list[Out]]  # an error response in this API's shape
+    bad_request: Callable[[BadRequest], list[Out]]
+    unauthorized: Callable[[], list[Out]]
+    models_list: Callable[[ModelsInfo, int], dict[str, Any]]  # (models, created) -> `GET /v1/models`
+    model_object: Callable[[str, int], dict[str, Any]]  # (id, created) -> `GET /v1/models/{id}`

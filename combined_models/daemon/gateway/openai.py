@@ -2,12 +2,14 @@
 
 `parse_chat_request` turns a request body into the neutral `ChatRequest`; the
 responders turn the neutral stream events back into chat-completion chunks or
-one chat-completion object. Nothing here does I/O.
+one chat-completion object; `FRONT_END` is this API as the gateway uses it.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -36,12 +38,16 @@ from ...protocol import ModelsInfo
 from .common import (
     STATUS_BY_KIND,
     BadRequest,
+    ChatCall,
+    FrontEnd,
     Out,
+    Responder,
     StreamResponder,
     UnaryResponder,
     check_depth,
     decode_json,
     json_reply,
+    new_response_id,
     parse_data_url,
     retry_after_header,
     sse_data,
@@ -478,3 +484,29 @@ def model_object(model_id: str, created: int) -> dict[str, Any]:
 
 def models_list(info: ModelsInfo, created: int) -> dict[str, Any]:
     return {"object": "list", "data": [model_object(m.id, created) for m in info.models]}
+
+
+# ------------------------------------------------------------------ the front end
+
+
+def _chat_call(body: bytes) -> ChatCall:
+    parsed = parse_chat_request(body)
+    rid, created = new_response_id("chatcmpl-"), int(time.time())
+    responder: Responder = (
+        ChunkResponder(rid, created, include_usage=parsed.include_usage)
+        if parsed.stream
+        else CompletionResponder(rid, created)
+    )
+    return ChatCall(parsed.model, parsed.request, responder)
+
+
+FRONT_END = FrontEnd(
+    name="openai_chat",
+    chat_paths=("/v1/chat/completions", "/chat/completions"),
+    parse_chat=_chat_call,
+    error=error_response,
+    bad_request=bad_request,
+    unauthorized=unauthorized,
+    models_list=models_list,
+    model_object=model_object,
+)

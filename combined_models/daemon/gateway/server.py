@@ -1,10 +1,12 @@
 """The front door's I/O: HTTP/1.1 (h11) over trio, one task per connection, keep-alive.
 
-Every chat request goes through `Supervisor.chat` in the connection's own task,
-so the supervisor's events are written by the one task that owns the
-connection. A second task only reads while a request is answered, to notice a
-client that goes away: that cancels the request, which closes its upstream.
-The translation to and from each dialect lives in the sans-IO modules beside this one.
+Every chat request goes through the daemon's `chat` in the connection's own
+task, so its events are written by the one task that owns the connection. A
+second task only reads while a request is answered, to notice a client that
+goes away: that cancels the request, which closes its upstream.
+The translation to and from each API lives in the sans-IO modules beside this
+one, each behind one `FrontEnd`; a request picks its front end once, from its
+head. The door sees the daemon only through its facade (`DaemonFacade`).
 
 Each connection and each request is a boundary: what fails inside stays there
 (answered 500 when no head went out yet) and the door keeps serving. A request
@@ -16,30 +18,26 @@ read, and every wait on the client is bounded: an incomplete request by
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
 import msgspec
 import trio
 
 from ... import __version__
-from ...chat import ChatRequest, ErrorEvent, StreamEvent
+from ...chat import ErrorEvent, StreamEvent
 from ...config import LimitsConfig
 from ..accept import Door
 from ..containment import contained, run_forever
+from ..facade import DaemonFacade
 from . import anthropic, openai
 from .auth import authorized, host_allowed, load_token, origin_allowed, split_listen
-from .common import BadRequest, Head, Out, Responder, json_reply
-
-if TYPE_CHECKING:
-    from ..server import Server
+from .common import BadRequest, ChatCall, FrontEnd, Head, Out, json_reply
 
 log = logging.getLogger("combined_models.gateway")
 
@@ -65,17 +63,31 @@ CORS_REQUEST_HEADERS = "authorization, content-type, x-api-key, anthropic-versio
 CORS_EXPOSED_HEADERS = "x-combined-models-provider, x-request-id, retry-after"
 
 
+FRONT_ENDS = (openai.FRONT_END, anthropic.FRONT_END)
+CHAT_ENDPOINTS = {front.name: front for front in FRONT_ENDS}  # a chat endpoint -> the API it speaks
+
+
 def endpoint_of(path: str) -> str | None:
     """The endpoint a request path names (a key of `ALLOWED_METHODS`); None when there is none."""
     if path == "/health":
         return "health"
-    if path in ("/v1/chat/completions", "/chat/completions"):
-        return "openai_chat"
-    if path == "/v1/messages":
-        return "anthropic_chat"
+    for front in FRONT_ENDS:
+        if path in front.chat_paths:
+            return front.name
     if path in ("/v1/models", "/models") or path.startswith(("/v1/models/", "/models/")):
         return "models"
     return None
+
+
+def front_end_for(path: str, headers: Mapping[str, str]) -> FrontEnd:
+    """The API a request speaks, for its errors and model lists: Anthropic's or, by default, OpenAI's.
+
+    Anthropic's path says so, and so do the headers its SDKs send (`anthropic-version`, `x-api-key`).
+    A chat endpoint's own answer always comes from that endpoint's front end.
+    """
+    if path.startswith("/v1/messages") or "anthropic-version" in headers or "x-api-key" in headers:
+        return anthropic.FRONT_END
+    return openai.FRONT_END
 
 
 def method_allowed(endpoint: str, method: str) -> bool:
@@ -89,22 +101,18 @@ class Incoming:
     method: str  # HEAD is answered as GET, without the body
     path: str
     headers: dict[str, str]
-    claude: bool  # errors answer in Anthropic's shape
+    front: FrontEnd  # the API the caller speaks: its errors come in that shape
 
     @classmethod
     def of(cls, request: h11.Request) -> Incoming:
         path = request.target.decode("latin-1").split("?", 1)[0]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-        # Anthropic's SDKs send `anthropic-version` and `x-api-key`.
-        claude = path.startswith("/v1/messages") or "anthropic-version" in headers or "x-api-key" in headers
         method = "GET" if request.method == b"HEAD" else request.method.decode("latin-1")
-        return cls(method, path, headers, claude)
+        return cls(method, path, headers, front_end_for(path, headers))
 
     def error(self, status: int, message: str) -> list[Out]:
-        """An error response in the caller's dialect."""
-        if self.claude:
-            return anthropic.error_response(status, message)
-        return openai.error_response(status, message)
+        """An error response in the caller's API."""
+        return self.front.error(status, message)
 
 
 def with_headers(out: list[Out], extra: list[tuple[str, str]]) -> list[Out]:
@@ -296,14 +304,6 @@ async def refuse_busy(stream: trio.SocketStream) -> None:
             pass
 
 
-_ID_PREFIX = secrets.token_hex(8)  # per process; the counter makes each id unique within it
-_ids = itertools.count(1)
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}{_ID_PREFIX}{next(_ids):08x}"
-
-
 class Gateway:
     """The OpenAI- and Anthropic-compatible HTTP front door of one daemon.
 
@@ -312,11 +312,10 @@ class Gateway:
     the socket keeps working.
     """
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.supervisor = server.supervisor
-        self.config = server.supervisor.cfg.http
-        self.limits = server.supervisor.cfg.limits
+    def __init__(self, daemon: DaemonFacade) -> None:
+        self.daemon = daemon
+        self.config = daemon.http
+        self.limits = daemon.limits
         self.address = ""  # host:port once listening
         self.error = ""  # why it is not listening although the config turns it on
         self.token = ""
@@ -375,7 +374,8 @@ class Gateway:
         except h11.RemoteProtocolError as e:
             if conn.can_answer:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await conn.answer_and_close(openai.error_response(e.error_status_hint, str(e)))
+                    # No request to tell the API by: OpenAI's shape, the default.
+                    await conn.answer_and_close(openai.FRONT_END.error(e.error_status_hint, str(e)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         await conn.linger()
@@ -407,7 +407,7 @@ class Gateway:
 
     async def _respond(self, conn: _Connection, incoming: Incoming) -> None:
         method, path, headers = incoming.method, incoming.path, incoming.headers
-        if self.server.stopping:
+        if self.daemon.stopping:
             conn.close_after = True
         log.debug("%s %s", method[:16], path[:200])
         if not host_allowed(headers.get("host"), allow_remote=self.config.allow_remote):
@@ -433,8 +433,7 @@ class Gateway:
             conn.close_after = True
             return await self._health(conn, full=False)
         if not has_token:
-            unauthorized = anthropic.unauthorized() if incoming.claude else openai.unauthorized()
-            return await conn.answer_and_close(unauthorized)
+            return await conn.answer_and_close(incoming.front.unauthorized())
         body = await conn.read_body()
         if endpoint is None:
             message = f"no endpoint {method} {path} (try /v1/chat/completions, /v1/messages or /v1/models)"
@@ -445,9 +444,7 @@ class Gateway:
             return await self._health(conn, full=True)
         if endpoint == "models":
             return await self._models(conn, incoming)
-        if endpoint == "openai_chat":
-            return await self._openai_chat(conn, body)
-        return await self._anthropic_chat(conn, body)
+        return await self._chat(conn, CHAT_ENDPOINTS[endpoint], body)
 
     async def _not_allowed(
         self, conn: _Connection, incoming: Incoming, endpoint: str, *, close: bool = False
@@ -480,7 +477,7 @@ class Gateway:
         await conn.write([Head(204, headers)], end=True)
 
     async def _health(self, conn: _Connection, *, full: bool) -> None:
-        status = self.server.status()
+        status = self.daemon.status()
         ready = sum(p.state == "ready" for p in status.providers)
         body: dict[str, Any] = {
             "status": "ok" if ready or not status.providers else "degraded",
@@ -493,58 +490,31 @@ class Gateway:
         await conn.write(json_reply(200, body), end=True)
 
     async def _models(self, conn: _Connection, incoming: Incoming) -> None:
-        claude = incoming.claude
-        info = self.supervisor.models_info()
+        info = self.daemon.models_info()
         wanted = incoming.path.split("/models", 1)[1].lstrip("/")
         if not wanted:
-            body = (
-                anthropic.models_list(info, self.created)
-                if claude
-                else openai.models_list(info, self.created)
-            )
-            return await conn.write(json_reply(200, body), end=True)
+            return await conn.write(json_reply(200, incoming.front.models_list(info, self.created)), end=True)
         if not any(m.id == wanted for m in info.models):
             return await conn.write(incoming.error(404, f"model {wanted!r} not found"), end=True)
-        one = (
-            anthropic.model_object(wanted, self.created)
-            if claude
-            else openai.model_object(wanted, self.created)
-        )
-        await conn.write(json_reply(200, one), end=True)
+        await conn.write(json_reply(200, incoming.front.model_object(wanted, self.created)), end=True)
 
     # ------------------------------------------------------------ chat
 
-    async def _openai_chat(self, conn: _Connection, body: bytes) -> None:
+    async def _chat(self, conn: _Connection, front: FrontEnd, body: bytes) -> None:
         try:
-            parsed = openai.parse_chat_request(body)
+            call = front.parse_chat(body)
         except BadRequest as e:
-            return await conn.write(openai.bad_request(e), end=True)
-        rid, created = _new_id("chatcmpl-"), int(time.time())
-        responder: Responder = (
-            openai.ChunkResponder(rid, created, include_usage=parsed.include_usage)
-            if parsed.stream
-            else openai.CompletionResponder(rid, created)
-        )
-        await self._chat(conn, parsed.model, parsed.request, responder)
+            return await conn.write(front.bad_request(e), end=True)
+        await self._serve_chat(conn, call)
 
-    async def _anthropic_chat(self, conn: _Connection, body: bytes) -> None:
-        try:
-            parsed = anthropic.parse_messages_request(body)
-        except BadRequest as e:
-            return await conn.write(anthropic.bad_request(e), end=True)
-        rid = _new_id("msg_")
-        responder: Responder = (
-            anthropic.MessageStreamResponder(rid) if parsed.stream else anthropic.MessageResponder(rid)
-        )
-        await self._chat(conn, parsed.model, parsed.request, responder)
-
-    async def _chat(self, conn: _Connection, model: str, request: ChatRequest, responder: Responder) -> None:
-        """Serve one chat request through the supervisor, writing as the events arrive."""
-        if self.server.stopping:
+    async def _serve_chat(self, conn: _Connection, call: ChatCall) -> None:
+        """Serve one chat request through the daemon, writing as the events arrive."""
+        model, responder = call.model, call.responder
+        if self.daemon.stopping:
             out = responder.feed(ErrorEvent(kind="shutting_down", message="the daemon is stopping"))
             return await conn.write(out, end=True)
         gone = False
-        with self.server.tracking():
+        with self.daemon.tracking():
             async with trio.open_nursery() as nursery:
 
                 def on_gone() -> None:
@@ -564,7 +534,7 @@ class Gateway:
 
                 nursery.start_soon(conn.watch_peer, on_gone)
                 try:
-                    await self.supervisor.chat(model, request, send)
+                    await self.daemon.chat(model, call.request, send)
                 except Exception:
                     log.exception("HTTP request for %s failed inside the daemon", model)
                     await send(

@@ -1,13 +1,10 @@
-"""The supervisor actor: provider actors, combined models, and the failover of each request."""
+"""The registry: provider actors, model catalogs and metadata, combined models, health on disk."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -18,42 +15,24 @@ import trio
 from .. import __version__, metadata
 from ..catalog import explain as explain_grouping
 from ..catalog import group_offerings
-from ..chat import (
-    Attempt,
-    ChatRequest,
-    DecodedItem,
-    DoneEvent,
-    ErrorEvent,
-    FailoverEvent,
-    ProviderEvent,
-    StreamEvent,
-    TextEvent,
-    ThinkingEvent,
-    ToolCallEvent,
-)
 from ..config import Config, provider_ids, resolve_provider
-from ..limits import decode_bounded
+from ..limits import MAX_MODEL_ID, decode_bounded
 from ..paths import write_private
 from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, StatusInfo
 from ..statefile import load_or_quarantine
 from .containment import contained, run_forever
-from .continuation import EchoFilter, continuation_request, unsupported
-from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
+from .engine import Look, MemberView
 from .health import HealthFile, decode_health_file
 from .provider import ProviderActor
 from .upstream import ConnectionBroken, LimitedBody
 
 log = logging.getLogger("combined_models.daemon")
 
-# Writes events to the caller in order, as one write: a batch is what one upstream read decoded
-# (a write per event was a trip round the event loop and a syscall per token).
-Send = Callable[[list[StreamEvent]], Awaitable[None]]
 HEALTH_SAVE_INTERVAL = 2.0
 METADATA_INTERVAL = 86400.0
 STARTUP_DISCOVERY_WAIT = 10.0  # seconds startup waits for model listings before serving anyway
 METADATA_FETCH_TIMEOUT = 120.0
 MAX_CATALOG_MODELS = 10_000  # one provider's cached listing (a few hundred is typical)
-MAX_MODEL_ID = 512
 
 
 class CachedCatalog(msgspec.Struct):
@@ -134,81 +113,13 @@ def build_models(
     return dict(sorted(out.items()))
 
 
-@dataclass
-class Output:
-    """What the caller has received so far in one request."""
+class Registry:
+    """The providers and their models: actors, catalogs, metadata, and their health on disk.
 
-    text: str = ""
-    thinking: bool = False
-    tool_calls: int = 0
+    The router asks it which members serve a model name (`resolve`) and how each is
+    (`look`); `cmctl` asks it for status and models. It owns every provider actor.
+    """
 
-    @property
-    def any(self) -> bool:
-        return bool(self.text or self.thinking or self.tool_calls)
-
-
-@dataclass
-class Run:
-    """The state of one request's failover, for `Supervisor.chat`."""
-
-    request: ChatRequest
-    send: Send
-    out: Output = field(default_factory=Output)
-    attempts: list[Attempt] = field(default_factory=list)
-    # Members this request may not go back to (failed for good, or silent, or cut mid-answer).
-    excluded: set[tuple[str, str]] = field(default_factory=set)
-    sent: dict[tuple[str, str], int] = field(default_factory=dict)  # attempts per member
-    last_failure: tuple[str, UpstreamError] | None = None
-
-
-class Relay:
-    """Forwards one attempt's items to the caller, minus any echo of what was sent and repeated thinking."""
-
-    def __init__(self, run: Run, provider: str, model: str, *, prefill: bool) -> None:
-        self.run = run
-        self.provider = provider
-        self.model = model
-        self.echo = EchoFilter(run.out.text, full_only=prefill) if run.out.text else None
-        self.suppress_thinking = run.out.thinking  # thinking already shown is not repeated
-        self.announced = False
-
-    def _announce(self, events: list[StreamEvent]) -> None:
-        if not self.announced:
-            self.announced = True
-            events.append(ProviderEvent(provider=self.provider, model=self.model))
-
-    def _text(self, text: str, events: list[StreamEvent]) -> None:
-        if text:
-            self.run.out.text += text
-            events.append(TextEvent(text))
-
-    async def __call__(self, items: list[DecodedItem]) -> None:
-        events: list[StreamEvent] = []
-        self._announce(events)
-        out = self.run.out
-        for item in items:
-            if isinstance(item, TextEvent):
-                self._text(self.echo.feed(item.text) if self.echo else item.text, events)
-            elif isinstance(item, ThinkingEvent):
-                if not self.suppress_thinking:
-                    out.thinking = True
-                    events.append(item)
-            elif isinstance(item, ToolCallEvent):
-                out.tool_calls += 1
-                events.append(item)
-        if events:
-            await self.run.send(events)
-
-    def finish(self) -> list[StreamEvent]:
-        """The attempt completed: what is still to send (what the echo filter held)."""
-        events: list[StreamEvent] = []
-        self._announce(events)
-        if self.echo is not None:
-            self._text(self.echo.flush(), events)
-        return events
-
-
-class Supervisor:
     def __init__(
         self,
         cfg: Config,
@@ -231,8 +142,6 @@ class Supervisor:
         self._load_catalogs()
         self.models: dict[str, CombinedModel] = {}
         self.rebuild_models()
-        # (provider, model) pairs that answered a prefill with a 400: remembered for the daemon's life.
-        self.no_prefill: set[tuple[str, str]] = set()
         self.started_at = time.monotonic()
         self._save_error: str | None = None  # why the last health save failed, logged once
 
@@ -269,7 +178,7 @@ class Supervisor:
         )
         for combined in self.models.values():  # what the optional metadata knows of each member
             for m in combined.members:
-                info = self.actors[m.provider].metadata.get(m.model) if m.provider in self.actors else None
+                info = self.actors[m.provider].model_info(m.model) if m.provider in self.actors else None
                 if info is not None:
                     m.context_window, m.input_cost, m.output_cost = (
                         info.context_window,
@@ -289,7 +198,7 @@ class Supervisor:
         # (before trio runs, nothing has been restored into the books yet: any `now` will do)
         now = trio.current_time() if trio.lowlevel.in_trio_run() else 0.0
         for pid, actor in self.actors.items():
-            actor.health.track(named[pid], now)
+            actor.track(named[pid], now)
 
     def _load_catalogs(self) -> None:
         """The last good listing of each discovering provider, so a restart without network still serves."""
@@ -351,7 +260,7 @@ class Supervisor:
 
     def _apply_metadata(self, catalog: metadata.Catalog) -> None:
         for pid, actor in self.actors.items():
-            actor.metadata = catalog.get(pid, {})
+            actor.use_metadata(catalog.get(pid, {}))
         self.rebuild_models()
 
     def _load_metadata(self) -> None:
@@ -432,14 +341,13 @@ class Supervisor:
         return True
 
     async def _save_health_periodically(self) -> None:
-        last = b""
+        last: list[bytes] = []
 
         async def one_pass() -> None:
             nonlocal last
             await trio.sleep(HEALTH_SAVE_INTERVAL)
             # Only write when something other than the passing time changed.
-            # The snapshot with both clocks at 0 holds the states, strikes and cooldown ends as they are.
-            key = msgspec.json.encode({p: a.health.snapshot(0.0, 0.0) for p, a in self.actors.items()})
+            key = [a.health_fingerprint() for a in self.actors.values()]
             if key != last and self.save_health():
                 last = key
 
@@ -491,160 +399,11 @@ class Supervisor:
         known = ", ".join(list(self.models)[:12]) or "none configured"
         raise UnknownModel(f"unknown model {name!r} (combined models: {known}; or use provider/model)")
 
-    # ------------------------------------------------------------ one request
+    def looking_at(self, now: float) -> Look:
+        """How each member is at `now`, for the failover engine (None: no such provider)."""
 
-    async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
-        """Serve one request through its chain; always ends with a `done` or an `error` event."""
-        try:
-            chain = self.resolve(model)
-        except UnknownModel as e:
-            await send([ErrorEvent(kind="unknown_model", message=str(e))])
-            return
-        run = Run(request=request, send=send)
-        while True:
-            picked = await self._pick(run, chain)
-            if isinstance(picked, ErrorEvent):
-                await send([picked])
-                return
-            actor, member = picked
-            if run.last_failure is not None:
-                prev, err = run.last_failure
-                await send(
-                    [
-                        FailoverEvent(
-                            from_=prev,
-                            to=actor.id,
-                            reason=err.kind.value,
-                            after_output=run.out.any,
-                            message=err.message,
-                        )
-                    ]
-                )
-            ending = await self._serve_member(run, actor, member.model)
-            if ending is not None:
-                await send(ending)
-                return
-            if run.last_failure is not None and run.last_failure[1].kind in CALLER_FAULT:
-                _, err = run.last_failure
-                kind = "content_filter" if err.kind is Failure.CONTENT_FILTER else "bad_request"
-                await send(
-                    [ErrorEvent(kind=kind, message=f"{actor.id}: {err.message}", attempts=run.attempts)]
-                )
-                return
+        def look(member: Member) -> MemberView | None:
+            actor = self.actors.get(member.provider)
+            return None if actor is None else actor.view(member.model, now)
 
-    async def _pick(self, run: Run, chain: list[Member]) -> tuple[ProviderActor, Member] | ErrorEvent:
-        """The first member that may take the request now, waiting only within the configured bounds."""
-        f = self.cfg.failover
-        while True:
-            now = trio.current_time()
-            candidates = [
-                m for m in chain if (m.provider, m.model) not in run.excluded and m.provider in self.actors
-            ]
-            earliest: float | None = None
-            for m in candidates:
-                actor = self.actors[m.provider]
-                if actor.disabled:
-                    continue
-                adm = actor.admit(m.model, now)
-                if adm.decision != "wait":
-                    return actor, m
-                if adm.until - now <= f.retry_wait_max and adm.state.value == "cooldown":
-                    # The user prefers waiting out a short rate limit on this member to failing over.
-                    await trio.sleep_until(adm.until)
-                    break
-                earliest = adm.until if earliest is None else min(earliest, adm.until)
-            else:
-                if earliest is not None and earliest - now <= f.all_cooling_wait:
-                    await trio.sleep_until(earliest)
-                    continue
-                return self._exhausted(run, chain, now)
-
-    def _exhausted(self, run: Run, chain: list[Member], now: float) -> ErrorEvent:
-        skipped = {Failure.UNSUPPORTED.value, Failure.CONTEXT_TOO_LONG.value}
-        if run.out.any:
-            kind, what = "truncated", "the answer was cut and no provider could continue it"
-        elif run.attempts and all(a.kind in skipped for a in run.attempts):
-            kind, what = "bad_request", "no member can serve this request"
-        elif run.attempts:
-            kind, what = "all_providers_failed", "every provider failed"
-        else:
-            kind, what = "all_providers_cooling", "every provider is unavailable"
-        attempts = list(run.attempts)
-        retry_after: float | None = None
-        for m in chain:
-            if (m.provider, m.model) in run.excluded or m.provider not in self.actors:
-                continue
-            actor = self.actors[m.provider]
-            adm = actor.peek(m.model, now)
-            if actor.disabled:
-                note = f"disabled: {actor.health.provider.reason}"
-            else:
-                wait = max(0.0, adm.until - now)
-                retry_after = wait if retry_after is None else min(retry_after, wait)
-                note = f"{adm.state.value}, back in {wait:.1f}s"
-            attempts.append(Attempt(provider=m.provider, model=m.model, error=note, kind=adm.state.value))
-        detail = "; ".join(f"{a.provider}: {a.error}" for a in attempts) or "no members"
-        return ErrorEvent(
-            kind=kind,
-            message=f"{what} ({detail})",
-            attempts=attempts,
-            retry_after_s=None if retry_after is None else round(retry_after, 3),
-        )
-
-    async def _serve_member(self, run: Run, actor: ProviderActor, model: str) -> list[StreamEvent] | None:
-        """Attempts on one member: retries transient failures, continues a cut answer.
-
-        Returns the last events of a complete answer (ending with `done`), or None: move on.
-        """
-        f = self.cfg.failover
-        key = (actor.id, model)
-        caps = actor.capabilities(model)
-        cannot = unsupported(run.request, caps)
-        if cannot is not None:
-            kind, why = cannot
-            run.attempts.append(Attempt(provider=actor.id, model=model, error=why, kind=kind.value))
-            run.last_failure = (actor.id, UpstreamError(kind, why))
-            run.excluded.add(key)
-            return None
-        while True:
-            prefill = caps.prefill and key not in self.no_prefill
-            request = continuation_request(run.request, run.out.text, prefill=prefill)
-            if request is None:  # the caller's max_tokens is used up: nothing left to continue
-                return None
-            relay = Relay(run, actor.id, model, prefill=prefill)
-            run.sent[key] = run.sent.get(key, 0) + 1
-            try:
-                finished = await actor.attempt(request, model, relay)
-            except UpstreamError as e:
-                run.attempts.append(
-                    Attempt(provider=actor.id, model=model, error=e.message, kind=e.kind.value)
-                )
-                run.last_failure = (actor.id, e)
-                if e.kind is Failure.PREFILL_REJECTED and prefill:
-                    # Learned once, and never the final error: retry here without prefill.
-                    self.no_prefill.add((actor.id, model))
-                    run.attempts.pop()
-                    continue
-                if run.out.tool_calls:
-                    run.excluded.add(key)
-                    return None  # a cut after whole tool calls cannot be continued safely
-                spent = run.sent[key] >= f.max_attempts
-                # Before output a transient failure is retried here; after output the answer
-                # continues on the next member at once (the caller is waiting mid-sentence).
-                if e.kind in RETRYABLE and not spent and not run.out.any:
-                    await trio.sleep(f.retry_backoff * 2 ** (run.sent[key] - 1) * random.uniform(0.5, 1.0))
-                    continue
-                # A member cooling from a rate limit or overload may come back within this request
-                # (when every other member is cooling too); anything else is final for it.
-                if spent or run.out.any or e.kind not in (Failure.RATE_LIMITED, Failure.OVERLOADED):
-                    run.excluded.add(key)
-                return None
-            if run.attempts:
-                actor.failovers_saved += 1
-            done = DoneEvent(
-                provider=actor.id,
-                model=finished.model or model,
-                finish_reason=finished.finish_reason,
-                usage=finished.usage,
-            )
-            return [*relay.finish(), done]
+        return look
