@@ -7,6 +7,7 @@ stream into the events below; the daemon relays those events to its clients, and
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Literal
 
 import msgspec
@@ -138,11 +139,11 @@ class Attempt(msgspec.Struct, kw_only=True):
     provider: str
     error: str
     model: str = ""
-    kind: str = ""
+    kind: str = ""  # the `Failure` of an attempt, or the health `State` of a member not tried
 
 
 class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
-    kind: str
+    kind: ErrorKind
     message: str
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     retry_after_s: float | None = None
@@ -167,16 +168,19 @@ class Finished(msgspec.Struct, kw_only=True):
 # What a dialect decoder yields.
 DecodedItem = TextEvent | ThinkingEvent | ToolCallEvent | Finished
 
-ErrorKind = Literal[
-    "unknown_model",
-    "bad_request",
-    "content_filter",
-    "all_providers_failed",
-    "all_providers_cooling",
-    "truncated",
-    "cancelled",
-    "protocol_error",
-    "frame_too_large",
-    "shutting_down",
-    "internal",
-]
+
+class ErrorKind(enum.StrEnum):
+    """Why a request failed (or a connection broke), as clients see it: the `kind` of an error."""
+
+    UNKNOWN_MODEL = "unknown_model"
+    BAD_REQUEST = "bad_request"
+    CONTENT_FILTER = "content_filter"
+    ALL_PROVIDERS_FAILED = "all_providers_failed"
+    ALL_PROVIDERS_COOLING = "all_providers_cooling"
+    TRUNCATED = "truncated"
+    CANCELLED = "cancelled"
+    PROTOCOL_ERROR = "protocol_error"
+    FRAME_TOO_LARGE = "frame_too_large"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+    BUSY = "busy"  # the daemon has too many connections open

@@ -15,7 +15,7 @@ import struct
 
 import msgspec
 
-from .chat import Attempt, ChatRequest, StreamEvent
+from .chat import Attempt, ChatRequest, ErrorKind, StreamEvent
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024  # images travel inline; anything larger is a broken peer
@@ -169,7 +169,7 @@ class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     """A failed request (`id` > 0) or a broken connection (`id` 0: the daemon closes it next)."""
 
     id: int
-    kind: str
+    kind: ErrorKind
     message: str
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     retry_after_s: float | None = None

@@ -311,7 +311,7 @@ class Failover:
         if spent or self.out.any or e.kind not in COMES_BACK:
             self.excluded.add(key)
         if e.kind in CALLER_FAULT:
-            kind: ErrorKind = "content_filter" if e.kind is Failure.CONTENT_FILTER else "bad_request"
+            kind = ErrorKind.CONTENT_FILTER if e.kind is Failure.CONTENT_FILTER else ErrorKind.BAD_REQUEST
             return self._end(
                 [ErrorEvent(kind=kind, message=f"{m.provider}: {e.message}", attempts=list(self.attempts))]
             )
@@ -321,7 +321,9 @@ class Failover:
 
     def _truncated(self, what: str) -> list[StreamEvent]:
         detail = "; ".join(f"{a.provider}: {a.error}" for a in self.attempts)
-        return [ErrorEvent(kind="truncated", message=f"{what} ({detail})", attempts=list(self.attempts))]
+        return [
+            ErrorEvent(kind=ErrorKind.TRUNCATED, message=f"{what} ({detail})", attempts=list(self.attempts))
+        ]
 
     def _budget_spent(self) -> list[StreamEvent]:
         """The text received already uses up the caller's `max_tokens`: it ends there, as a length stop."""
@@ -331,14 +333,13 @@ class Failover:
     def _exhausted(self, now: float, look: Look) -> list[StreamEvent]:
         skipped = {k.value for k in SKIPPED}
         if self.out.any:
-            kind: ErrorKind = "truncated"
-            what = "the answer was cut and no provider could continue it"
+            kind, what = ErrorKind.TRUNCATED, "the answer was cut and no provider could continue it"
         elif self.attempts and all(a.kind in skipped for a in self.attempts):
-            kind, what = "bad_request", "no member can serve this request"
+            kind, what = ErrorKind.BAD_REQUEST, "no member can serve this request"
         elif self.attempts:
-            kind, what = "all_providers_failed", "every provider failed"
+            kind, what = ErrorKind.ALL_PROVIDERS_FAILED, "every provider failed"
         else:
-            kind, what = "all_providers_cooling", "every provider is unavailable"
+            kind, what = ErrorKind.ALL_PROVIDERS_COOLING, "every provider is unavailable"
         attempts = list(self.attempts)
         retry_after: float | None = None
         for m in self.chain:

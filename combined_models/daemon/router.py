@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from ..chat import ChatRequest, DecodedItem, ErrorEvent
+from ..chat import ChatRequest, DecodedItem, ErrorEvent, ErrorKind
 from ..config import FailoverConfig
 from .engine import Failover, Retry, Stop, Try, Wait
 from .errors import UpstreamError
@@ -27,7 +27,7 @@ class Router:
         try:
             chain = self.registry.resolve(model)
         except UnknownModel as e:
-            await send([ErrorEvent(kind="unknown_model", message=str(e))])
+            await send([ErrorEvent(kind=ErrorKind.UNKNOWN_MODEL, message=str(e))])
             return
         run = Failover(chain, request, self.policy)
         while True:

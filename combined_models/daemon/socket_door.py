@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from .. import __version__
-from ..chat import ErrorEvent, StreamEvent
+from ..chat import ErrorEvent, ErrorKind, StreamEvent
 from ..limits import MAX_DEPTH, TooDeep, check_request, decode_bounded
 from ..peercred import peer_uid
 from ..protocol import (
@@ -175,11 +175,11 @@ class Connection:
                     nursery.cancel_scope.cancel()  # the client is gone: so are its requests
             if failed and not self._broken:
                 with contained(log, "reporting a connection's failure"):
-                    await self.send(Error(id=0, kind="internal", message=INTERNAL_ERROR))
+                    await self.send(Error(id=0, kind=ErrorKind.INTERNAL, message=INTERNAL_ERROR))
         finally:
             self.socket_door.connections.discard(self)
 
-    async def _fail(self, kind: str, message: str) -> None:
+    async def _fail(self, kind: ErrorKind, message: str) -> None:
         """A connection-level error frame; the connection closes after it."""
         await self.send(Error(id=0, kind=kind, message=message))
 
@@ -200,7 +200,7 @@ class Connection:
                 data = await self._receive()
             if waiting.cancelled_caught:
                 await self._fail(
-                    "protocol_error", f"a frame stayed incomplete for {self._partial_timeout:g}s"
+                    ErrorKind.PROTOCOL_ERROR, f"a frame stayed incomplete for {self._partial_timeout:g}s"
                 )
                 return
             if not data:
@@ -209,7 +209,7 @@ class Connection:
             try:
                 bodies = decoder.feed(data)
             except FrameTooLarge as e:
-                await self._fail("frame_too_large", str(e))
+                await self._fail(ErrorKind.FRAME_TOO_LARGE, str(e))
                 return
             if decoder.pending and (bodies or not was_incomplete):
                 incomplete_since = trio.current_time()
@@ -217,21 +217,23 @@ class Connection:
                 try:
                     frame = decode_bounded(client_decoder.decode, body)
                 except TooDeep:
-                    await self._fail("protocol_error", f"frame nested too deeply (the limit is {MAX_DEPTH})")
+                    await self._fail(
+                        ErrorKind.PROTOCOL_ERROR, f"frame nested too deeply (the limit is {MAX_DEPTH})"
+                    )
                     return
                 except msgspec.ValidationError as e:  # before DecodeError: it is a subclass
-                    await self._fail("protocol_error", f"invalid frame: {e}")
+                    await self._fail(ErrorKind.PROTOCOL_ERROR, f"invalid frame: {e}")
                     return
                 except msgspec.DecodeError as e:
-                    await self._fail("protocol_error", f"undecodable frame: {e}")
+                    await self._fail(ErrorKind.PROTOCOL_ERROR, f"undecodable frame: {e}")
                     return
                 if not greeted:
                     if not isinstance(frame, Hello):
-                        await self._fail("protocol_error", "the first frame must be a hello")
+                        await self._fail(ErrorKind.PROTOCOL_ERROR, "the first frame must be a hello")
                         return
                     if frame.version != PROTOCOL_VERSION:
                         await self._fail(
-                            "protocol_error",
+                            ErrorKind.PROTOCOL_ERROR,
                             f"protocol version {frame.version} not supported "
                             f"(this daemon speaks {PROTOCOL_VERSION})",
                         )
@@ -254,7 +256,7 @@ class Connection:
         elif isinstance(frame, Reload):
             nursery.start_soon(self._reload, frame.id)
         elif isinstance(frame, Hello):
-            await self.send(Error(id=0, kind="protocol_error", message="hello sent twice"))
+            await self.send(Error(id=0, kind=ErrorKind.PROTOCOL_ERROR, message="hello sent twice"))
         else:
             async with self._request(frame.id, frame.__struct_config__.tag):
                 await self._answer(frame)
@@ -274,7 +276,7 @@ class Connection:
         with contained(log, "%s request %d", what, rid, on_failure=note):
             yield
         if failed:
-            await self.send(Error(id=rid, kind="internal", message=INTERNAL_ERROR))
+            await self.send(Error(id=rid, kind=ErrorKind.INTERNAL, message=INTERNAL_ERROR))
 
     async def _answer(self, frame: StatusQuery | ModelsQuery | Shutdown | ExplainQuery) -> None:
         daemon = self.daemon
@@ -290,7 +292,11 @@ class Connection:
                 lines = daemon.explain(frame.model)
             except KeyError:
                 await self.send(
-                    Error(id=frame.id, kind="unknown_model", message=f"no combined model {frame.model!r}")
+                    Error(
+                        id=frame.id,
+                        kind=ErrorKind.UNKNOWN_MODEL,
+                        message=f"no combined model {frame.model!r}",
+                    )
                 )
             else:
                 await self.send(ExplainReply(id=frame.id, lines=lines))
@@ -298,16 +304,18 @@ class Connection:
     async def _start_chat(self, frame: Chat, nursery: trio.Nursery) -> None:
         if frame.id in self._requests or frame.id <= 0:
             await self.send(
-                Error(id=frame.id, kind="protocol_error", message=f"request id {frame.id} is in use")
+                Error(id=frame.id, kind=ErrorKind.PROTOCOL_ERROR, message=f"request id {frame.id} is in use")
             )
             return
         if self.daemon.stopping:
-            await self.send(Error(id=frame.id, kind="shutting_down", message="the daemon is stopping"))
+            await self.send(
+                Error(id=frame.id, kind=ErrorKind.SHUTTING_DOWN, message="the daemon is stopping")
+            )
             return
         try:
             check_request(frame.request)
         except TooDeep as e:
-            await self.send(Error(id=frame.id, kind="bad_request", message=f"the request is {e}"))
+            await self.send(Error(id=frame.id, kind=ErrorKind.BAD_REQUEST, message=f"the request is {e}"))
             return
         scope = trio.CancelScope()
         self._requests[frame.id] = scope
@@ -332,11 +340,17 @@ class Connection:
                             await self.daemon.chat(frame.model, frame.request, send)
                     except FrameTooLarge as e:  # raised before any byte of that event was written
                         await self.send(
-                            Error(id=rid, kind="frame_too_large", message=f"the answer cannot be sent: {e}")
+                            Error(
+                                id=rid,
+                                kind=ErrorKind.FRAME_TOO_LARGE,
+                                message=f"the answer cannot be sent: {e}",
+                            )
                         )
                         return
                     if scope.cancelled_caught:
-                        await self.send(Error(id=rid, kind="cancelled", message="cancelled by the client"))
+                        await self.send(
+                            Error(id=rid, kind=ErrorKind.CANCELLED, message="cancelled by the client")
+                        )
         finally:
             del self._requests[rid]
 
@@ -410,5 +424,7 @@ def _same_user(stream: trio.SocketStream) -> bool:
 
 
 async def _refuse_busy(stream: trio.SocketStream) -> None:
-    busy = Error(id=0, kind="busy", message="the daemon has too many connections open; try again later")
+    busy = Error(
+        id=0, kind=ErrorKind.BUSY, message="the daemon has too many connections open; try again later"
+    )
     await stream.send_all(encode_frame(busy))

@@ -173,8 +173,8 @@ def explicit_retry_after(headers: Mapping[str, str], now: datetime) -> float | N
 
 # ---------------------------------------------------------------- errors inside a 200 stream
 
-# Verdicts on the request itself. In a stream the request was already accepted, so the
-# answer broke and goes to the next attempt; answering the caller "bad request" would be wrong.
+# Verdicts on the request itself. Inside a stream the request was already accepted: the
+# answer broke, and goes to the next attempt like any transient failure.
 _REQUEST_VERDICTS = frozenset({Failure.BAD_REQUEST, Failure.NOT_FOUND, Failure.AUTH})
 
 # (status, error object, message) -> the failover class and the wait the object names.
@@ -182,7 +182,7 @@ StreamErrorClassifier = Callable[[int, Mapping[str, Any], str], tuple[Failure, f
 
 
 def kind_in_stream(kind: Failure) -> Failure:
-    """The class of an error that arrived inside a stream, as `kind` would be for the response."""
+    """`kind`, as decided for an error response, for an error that came inside a stream instead."""
     return Failure.TRANSIENT if kind in _REQUEST_VERDICTS else kind
 
 

@@ -45,9 +45,10 @@ def thinking_limits(
     """`max_tokens` to send (None: none named, no thinking) and the thinking budget (None: no thinking).
 
     Claude wants a budget of at least MIN_THINKING_BUDGET and below max_tokens, which caps
-    everything generated, thinking included. So an explicit max_tokens shrinks the budget
-    to fit under it (no thinking when not even the minimum fits); without one, the answer
-    gets `answer_tokens` on top of the budget. A budget of 0 or less asks for no thinking.
+    everything generated, thinking included (the daemon lowers it for continuations). So an
+    explicit max_tokens shrinks the budget to fit under it (no thinking when not even the
+    minimum fits); without one, the answer gets `answer_tokens` on top of the budget. A
+    budget of 0 or less asks for no thinking.
     """
     if requested is None or requested <= 0:
         return max_tokens, None

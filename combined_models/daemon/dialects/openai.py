@@ -188,7 +188,7 @@ def _classify(status: int, err: Mapping[str, Any], message: str) -> Failure:
 
 
 def _classify_in_stream(status: int, err: Mapping[str, Any], message: str) -> tuple[Failure, float | None]:
-    return _classify(status, err, message), None  # no wait is named inside a stream
+    return _classify(status, err, message), None  # as a response's, without looking for a wait
 
 
 class OpenAIStreamDecoder(SSEJsonDecoder):

@@ -34,6 +34,7 @@ from ...chat import (
     Usage,
 )
 from ...protocol import ModelsInfo
+from ..dialects.claude_family import MIN_THINKING_BUDGET
 from .common import (
     STATUS_BY_KIND,
     BadRequest,
@@ -145,7 +146,6 @@ class _Body(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(_Body)
-MIN_THINKING_BUDGET = 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from ...chat import (
     ChatRequest,
     DoneEvent,
     ErrorEvent,
+    ErrorKind,
     FailoverEvent,
     ProviderEvent,
     StreamEvent,
@@ -39,17 +40,17 @@ from ...protocol import ModelsInfo
 PROVIDER_HEADER = "x-combined-models-provider"
 
 # The error kinds of the contract -> HTTP status before any output.
-STATUS_BY_KIND: dict[str, int] = {
-    "unknown_model": 404,
-    "bad_request": 400,
-    "content_filter": 400,
-    "protocol_error": 400,
-    "frame_too_large": 413,
-    "all_providers_cooling": 429,
-    "all_providers_failed": 502,
-    "truncated": 502,
-    "shutting_down": 503,
-    "internal": 500,
+STATUS_BY_KIND: dict[ErrorKind, int] = {
+    ErrorKind.UNKNOWN_MODEL: 404,
+    ErrorKind.BAD_REQUEST: 400,
+    ErrorKind.CONTENT_FILTER: 400,
+    ErrorKind.PROTOCOL_ERROR: 400,
+    ErrorKind.FRAME_TOO_LARGE: 413,
+    ErrorKind.ALL_PROVIDERS_COOLING: 429,
+    ErrorKind.ALL_PROVIDERS_FAILED: 502,
+    ErrorKind.TRUNCATED: 502,
+    ErrorKind.SHUTTING_DOWN: 503,
+    ErrorKind.INTERNAL: 500,
 }
 
 _encode = msgspec.json.encode

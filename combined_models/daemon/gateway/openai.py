@@ -20,6 +20,7 @@ from ...chat import (
     DocumentPart,
     DoneEvent,
     ErrorEvent,
+    ErrorKind,
     ImagePart,
     Message,
     Part,
@@ -356,7 +357,7 @@ def unauthorized() -> list[Out]:
 
 def _error_reply(event: ErrorEvent) -> list[Out]:
     status = STATUS_BY_KIND.get(event.kind, 500)
-    code = "model_not_found" if event.kind == "unknown_model" else event.kind
+    code = "model_not_found" if event.kind is ErrorKind.UNKNOWN_MODEL else str(event.kind)
     return json_reply(
         status, error_body(status, event.message, code), retry_after_header(event.retry_after_s)
     )

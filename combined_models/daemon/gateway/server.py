@@ -30,7 +30,7 @@ import msgspec
 import trio
 
 from ... import __version__
-from ...chat import ErrorEvent, StreamEvent
+from ...chat import ErrorEvent, ErrorKind, StreamEvent
 from ...config import LimitsConfig
 from ..accept import Door
 from ..containment import contained, run_forever
@@ -511,7 +511,7 @@ class Gateway:
         """Serve one chat request through the daemon, writing as the events arrive."""
         model, responder = call.model, call.responder
         if self.daemon.stopping:
-            out = responder.feed(ErrorEvent(kind="shutting_down", message="the daemon is stopping"))
+            out = responder.feed(ErrorEvent(kind=ErrorKind.SHUTTING_DOWN, message="the daemon is stopping"))
             return await conn.write(out, end=True)
         gone = False
         with self.daemon.tracking():
@@ -538,10 +538,16 @@ class Gateway:
                 except Exception:
                     log.exception("HTTP request for %s failed inside the daemon", model)
                     await send(
-                        [ErrorEvent(kind="internal", message="internal error in the daemon (see its log)")]
+                        [
+                            ErrorEvent(
+                                kind=ErrorKind.INTERNAL, message="internal error in the daemon (see its log)"
+                            )
+                        ]
                     )
                 if not responder.finished:
-                    await send([ErrorEvent(kind="internal", message="the answer ended without a finish")])
+                    await send(
+                        [ErrorEvent(kind=ErrorKind.INTERNAL, message="the answer ended without a finish")]
+                    )
                 nursery.cancel_scope.cancel()
         if gone:
             conn.close_after = True
