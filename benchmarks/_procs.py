@@ -153,7 +153,8 @@ def daemon(root: Path, upstream: str) -> Iterator[Daemon]:
     lines = ['provider_priority = ["a", "b"]', "[http]", 'listen = "127.0.0.1:0"']
     for pid in ("a", "b"):
         lines += [f"[providers.{pid}]", 'api = "openai"', f'base_url = "{upstream}"', 'api_key = "sk-bench"']
-        lines += [f'models = ["{MODEL}"]']
+        # Room for every stream the load benchmark runs at once (the default is 32 per provider).
+        lines += [f'models = ["{MODEL}"]', "max_concurrency = 600"]
     config = root / "config.toml"
     config.write_text("\n".join(lines) + "\n")
     with short_socket_path() as sock:

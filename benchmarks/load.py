@@ -34,16 +34,16 @@ class Tally:
 
 async def socket_streams(client: AsyncClient, tally: Tally) -> None:
     async def one() -> None:
-        text, done = "", False
+        text, last = "", None
         async for e in client.chat(MODEL, "hi"):
             if isinstance(e, TextEvent):
                 text += e.text
                 tally.events += 1
-            done = isinstance(e, DoneEvent)
-        if done and text == TEXT:
+            last = e
+        if isinstance(last, DoneEvent) and text == TEXT:
             tally.completed += 1
         else:
-            tally.failures.append(f"socket: {text[-40:]!r}")
+            tally.failures.append(f"socket: {text[-40:]!r}, ended with {last!r}"[:300])
 
     async with trio.open_nursery() as nursery:
         for _ in range(PER_CLIENT):
