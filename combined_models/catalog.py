@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Key", "canonical", "explain", "group_offerings"]
+from .config import Config, provider_ids
+from .protocol import CombinedModel, Member
+
+__all__ = ["Key", "build_models", "canonical", "explain", "group_offerings", "offering_rank"]
 
 Offering = tuple[str, str]
 
@@ -575,3 +578,62 @@ def explain(offerings: Iterable[tuple[str, str]], combined_id: str) -> list[str]
         elif len(snaps) > 1:
             lines.append(f"{len(snaps)} snapshots of '{base}' present ({', '.join(forms)}): each stays apart")
     return lines
+
+
+# ---------------------------------------------------------------- combined models from offerings
+
+_GEOGRAPHY = {
+    "us": ("us-",),
+    "eu": ("eu-",),
+    "apac": ("ap-",),
+    "jp": ("ap-northeast-1",),
+    "au": ("ap-southeast-2",),
+}
+
+
+def offering_rank(model: str, region: str | None) -> int:
+    """Which of one provider's offerings of the same model to use (lower is better). Pure.
+
+    Bedrock lists a model under several inference profiles: the one for the
+    caller's own geography comes first, then `global.`, then the bare id
+    (often not invocable on demand); profiles of other geographies cannot be
+    called from this region at all. A `:free` tier comes after the paid one.
+    """
+    prefix = model.split(".", 1)[0] if "." in model else ""
+    if prefix in _GEOGRAPHY or prefix in ("global", "us-gov"):
+        if region and any(region.startswith(r) for r in _GEOGRAPHY.get(prefix, ())):
+            return 0
+        return 1 if prefix == "global" else 9
+    return 3 if model.endswith(":free") else 2
+
+
+def build_models(
+    cfg: Config, offerings: Mapping[str, Sequence[str]], regions: Mapping[str, str | None] | None = None
+) -> dict[str, CombinedModel]:
+    """Combined models from the providers' offerings and the config's explicit entries. Pure.
+
+    Automatic groups need offerings from at least `min_providers` providers;
+    members are ordered by `provider_priority` (unlisted providers after, in
+    file order), one offering per provider (see `offering_rank`). Explicit
+    `[combined.*]` entries keep their own order and win.
+    """
+    regions = regions or {}
+    order = {pid: i for i, pid in enumerate(provider_ids(cfg))}
+    pairs = [(pid, m) for pid, models in offerings.items() for m in models if f"{pid}/{m}" not in cfg.exclude]
+    out: dict[str, CombinedModel] = {}
+    for cid, members in group_offerings(pairs).items():
+        if cid in cfg.exclude or len({p for p, _ in members}) < cfg.min_providers:
+            continue
+        best: dict[str, tuple[str, str]] = {}
+        for pid, model in members:
+            kept = best.get(pid)
+            if kept is None or offering_rank(model, regions.get(pid)) < offering_rank(
+                kept[1], regions.get(pid)
+            ):
+                best[pid] = (pid, model)
+        ranked = sorted(best.values(), key=lambda pm: order.get(pm[0], len(order)))
+        out[cid] = CombinedModel(id=cid, members=[Member(provider=p, model=m) for p, m in ranked])
+    for cid, c in cfg.combined.items():
+        explicit = [Member(provider=p, model=m) for p, _, m in (x.partition("/") for x in c.members)]
+        out[cid] = CombinedModel(id=cid, members=explicit, explicit=True)
+    return dict(sorted(out.items()))

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -65,13 +65,13 @@ class ProviderActor:
         self.failover = failover
         self.dialect: Dialect | None = dialect_for(provider.api)
         self._health = HealthBook()
-        self.offered: list[str] = list(provider.models or ())
+        self._offered: list[str] = list(provider.models or ())  # the models it serves, as last listed
         self._metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
         self._capabilities: dict[str, Capabilities] = {}  # per model, worked out once
         # Where `offered` came from: "static" (config), "live" (listed now), "cached" (an earlier listing), "none".
-        self.catalog_source = "static" if provider.models is not None else "none"
-        self.catalog_error: str | None = None
-        self.catalog_fetched_at: float | None = None  # wall clock
+        self._catalog_source = "static" if provider.models is not None else "none"
+        self._catalog_error: str | None = None
+        self._catalog_fetched_at: float | None = None  # wall clock
         self._limiter = trio.CapacityLimiter(provider.config.max_concurrency)
         self._client: httpx.AsyncClient | None = None  # listings and token exchanges
         self._pool: Pool | None = None  # chat requests (see upstream.py for why not httpx)
@@ -155,14 +155,34 @@ class ProviderActor:
     # ------------------------------------------------------------ discovery
 
     @property
+    def offered(self) -> Sequence[str]:
+        """The models this provider serves: from the config, its last listing, or the cached one."""
+        return self._offered
+
+    @property
+    def catalog_source(self) -> str:
+        """Where `offered` came from: "static" (config), "live", "cached" (an earlier run) or "none"."""
+        return self._catalog_source
+
+    @property
+    def catalog_error(self) -> str | None:
+        """Why the last listing failed, if it did."""
+        return self._catalog_error
+
+    @property
+    def catalog_fetched_at(self) -> float | None:
+        """When `offered` was listed (wall clock), if it was."""
+        return self._catalog_fetched_at
+
+    @property
     def discovers(self) -> bool:
         """Whether this provider's models come from its list endpoint (no static list, usable)."""
-        return self.catalog_source != "static" and not self.disabled
+        return self._catalog_source != "static" and not self.disabled
 
     def use_cached(self, models: list[str], fetched_at: float) -> None:
         """Models from an earlier run's listing: served until a live listing succeeds."""
-        if self.catalog_source == "none":
-            self.offered, self.catalog_source, self.catalog_fetched_at = list(models), "cached", fetched_at
+        if self._catalog_source == "none":
+            self._offered, self._catalog_source, self._catalog_fetched_at = list(models), "cached", fetched_at
 
     async def discover(self) -> bool:
         """List the provider's models. On failure keep what we had and remember why, for status.
@@ -183,12 +203,12 @@ class ProviderActor:
         except Exception as e:
             log.error("%s: model listing failed inside the daemon", self.id, exc_info=True)
             return self._listing_failed(f"internal error ({type(e).__name__})")
-        self.offered = ids
-        self.catalog_source, self.catalog_error, self.catalog_fetched_at = "live", None, time.time()
+        self._offered = ids
+        self._catalog_source, self._catalog_error, self._catalog_fetched_at = "live", None, time.time()
         return True
 
     def _listing_failed(self, why: str) -> bool:
-        self.catalog_error = self.redact(f"model listing failed: {why}")
+        self._catalog_error = self.redact(f"model listing failed: {why}")
         return False
 
     async def _list_models(self, dialect: Dialect, client: httpx.AsyncClient) -> list[str]:
@@ -441,7 +461,7 @@ class ProviderActor:
     # ------------------------------------------------------------ status
 
     def status(self, now: float) -> ProviderStatus:
-        state, remaining = self._health.summary(now, self.offered)
+        state, remaining = self._health.summary(now, self._offered)
         models = [
             ModelHealth(
                 model=m, state=b.state.value, cooldown_remaining_s=round(b.remaining(now), 3), reason=b.reason
@@ -467,9 +487,9 @@ class ProviderActor:
             failovers_saved=self._failovers_saved,
             key_source=self.key_source,
             models=models,
-            catalog=self.catalog_source,
-            catalog_error=self.catalog_error,
-            models_offered=len(self.offered),
+            catalog=self._catalog_source,
+            catalog_error=self._catalog_error,
+            models_offered=len(self._offered),
         )
 
     def snapshot(self, now: float) -> SavedBook:
