@@ -129,7 +129,7 @@ class FailoverEvent(msgspec.Struct, tag="failover", tag_field="type", kw_only=Tr
 class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
     provider: str
     model: str
-    finish_reason: str
+    finish_reason: str  # normalised to OpenAI's names: stop, length, tool_calls, content_filter
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
@@ -152,9 +152,6 @@ class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
 StreamEvent = (
     ProviderEvent | TextEvent | ThinkingEvent | ToolCallEvent | FailoverEvent | DoneEvent | ErrorEvent
 )
-
-# Finish reasons, normalised to OpenAI's names (what the contract's `done` shows).
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class Finished(msgspec.Struct, kw_only=True):

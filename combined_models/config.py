@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .metadata import MODELS_DEV_URL
+
 APIS = ("openai", "anthropic", "bedrock", "gemini", "copilot")
 MIN_DISCOVERY_INTERVAL = 60.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -132,7 +134,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # "models.dev": fetch the public models.dev catalog (daily, cached) for context windows, prices and
     # capabilities of members; "off" (the default): nothing is fetched.
     metadata: Literal["off", "models.dev"] = "off"
-    metadata_url: str = "https://models.dev/api.json"
+    metadata_url: str = MODELS_DEV_URL
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
 

@@ -87,8 +87,3 @@ def parse_models_dev(body: bytes) -> Catalog:
             )
         out[str(pid)] = table
     return out
-
-
-def lookup(catalog: Catalog, provider: str, model: str) -> ModelInfo | None:
-    """Info on `model` at `provider` (ids as models.dev spells them; our presets use the same ids)."""
-    return catalog.get(provider, {}).get(model)

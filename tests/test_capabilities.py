@@ -10,7 +10,7 @@ from combined_models.capabilities import Capabilities, default_capabilities, wit
 from combined_models.chat import ChatRequest, ImagePart, Message, TextPart, Tool
 from combined_models.daemon.continuation import prompt_tokens, unsupported
 from combined_models.daemon.errors import Failure
-from combined_models.metadata import ModelInfo, lookup, parse_models_dev
+from combined_models.metadata import ModelInfo, parse_models_dev
 
 DATA = Path(__file__).parent / "data"
 
@@ -72,7 +72,7 @@ def test_unsupported_requests_name_the_reason() -> None:
 
 def test_models_dev_catalog_is_parsed_leniently() -> None:
     catalog = parse_models_dev((DATA / "models-dev-sample.json").read_bytes())
-    info = lookup(catalog, "anthropic", "claude-sonnet-4-5-20250929")
+    info = catalog.get("anthropic", {}).get("claude-sonnet-4-5-20250929")
     assert info == ModelInfo(
         name="Claude Sonnet 4.5",
         context_window=200_000,
@@ -83,10 +83,10 @@ def test_models_dev_catalog_is_parsed_leniently() -> None:
         reasoning=True,
         images=True,
     )
-    r1 = lookup(catalog, "openrouter", "deepseek/deepseek-r1")
+    r1 = catalog.get("openrouter", {}).get("deepseek/deepseek-r1")
     assert r1 is not None and (r1.images, r1.tools) == (False, False)
-    assert lookup(catalog, "openrouter", "broken") is None
-    assert lookup(catalog, "nobody", "x") is None
+    assert catalog.get("openrouter", {}).get("broken") is None
+    assert catalog.get("nobody", {}).get("x") is None
     assert "empty" not in catalog  # a provider without models adds nothing
 
 

@@ -79,7 +79,8 @@ members = ["openrouter/openai/gpt-5", "anthropic/claude-sonnet-4-5"]
         "test",
     )
     models = build_models(
-        cfg, {"anthropic": ["claude-sonnet-4-5"], "openrouter": ["anthropic/claude-sonnet-4.5", "openai/gpt-5"]}
+        cfg,
+        {"anthropic": ["claude-sonnet-4-5"], "openrouter": ["anthropic/claude-sonnet-4.5", "openai/gpt-5"]},
     )
     assert list(models) == ["mine"]  # the automatic group lost its second provider to the exclusion
     assert models["mine"].explicit

@@ -510,17 +510,6 @@ def test_success_of_a_request_in_flight_does_not_end_a_cooldown() -> None:
     assert decision == "probe" and succeed(probe).state is State.READY
 
 
-def test_reset_forgets_trips_but_not_a_disabled_provider() -> None:
-    book = HealthBook(tracked=OFFERED)
-    book.fail("m", T0, Failure.RATE_LIMITED, hint=600.0)
-    book.fail("m", T0, Failure.UNREACHABLE)
-    book.reset()
-    assert book.admit("m", T0 + 1).decision == "send"
-    book.disable("no key")
-    book.reset()
-    assert book.provider.state is State.DISABLED
-
-
 # ---------------------------------------------------------------- bounded per-model health
 
 

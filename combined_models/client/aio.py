@@ -176,11 +176,6 @@ class AsyncClient:
                             pass
 
 
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    """Every event of one answer (a convenience for tests and scripts)."""
-    return [e async for e in events]
-
-
 @asynccontextmanager
 async def open_client(socket_path: str | os.PathLike[str] | None = None) -> AsyncIterator[AsyncClient]:
     """Connect, greet, run the reader; close everything on exit."""
@@ -215,4 +210,4 @@ async def open_client(socket_path: str | os.PathLike[str] | None = None) -> Asyn
                 tg.cancel_scope.cancel()
 
 
-__all__ = ["AsyncClient", "ConnectionClosed", "DaemonUnavailable", "ErrorEvent", "collect", "open_client"]
+__all__ = ["AsyncClient", "ConnectionClosed", "DaemonUnavailable", "ErrorEvent", "open_client"]

@@ -50,7 +50,7 @@ class Door:
         *,
         max_connections: int,
         log: logging.Logger,
-        refuse: Handler | None = None,
+        refuse: Handler,
         accept_peer: Callable[[trio.SocketStream], bool] | None = None,
     ) -> None:
         self.name = name
@@ -111,8 +111,7 @@ class Door:
         try:
             # Bounded: a refused client gets one second to take its answer.
             with contained(self.log, "refusing a %s connection", self.name), trio.move_on_after(1.0):
-                if self.refuse is not None:
-                    await self.refuse(stream)
+                await self.refuse(stream)
         finally:
             self._refusing -= 1
             await trio.aclose_forcefully(stream)

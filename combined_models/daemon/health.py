@@ -197,12 +197,6 @@ class HealthBook:
             self.models = keep_models(self.models, self.tracked, now, self.policy.max_models - 1)
         self.models[model] = b
 
-    def reset(self) -> None:
-        """Forget every trip (not a disabled provider's reason): as after a restart without history."""
-        if self.provider.state is not State.DISABLED:
-            self.provider = Breaker()
-        self.models.clear()
-
     def admit(self, model: str, now: float) -> Admission:
         p2, pd = admit(self.provider, now, self.policy)
         m2, md = admit(self.models.get(model, Breaker()), now, self.policy)

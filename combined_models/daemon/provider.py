@@ -261,10 +261,6 @@ class ProviderActor:
         """Off for the daemon's life (no credentials, an API not supported): `reason` shows in status."""
         self._health.disable(reason)
 
-    def reset_health(self) -> None:
-        """Forget every trip, as after a restart without history."""
-        self._health.reset()
-
     def track(self, models: set[str], now: float) -> None:
         """The models that may keep per-model health (what some member offers)."""
         self._health.track(models, now)

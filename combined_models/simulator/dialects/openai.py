@@ -307,7 +307,6 @@ class OpenAIStream:
     ) -> None:
         self.headers: Sequence[tuple[str, str]] = SSE_HEADERS
         self._dialect = dialect
-        self._req = req
         self._answer = answer
         self._usage = req.include_usage or dialect.always_usage()
         self._base: dict[str, Any] = {
