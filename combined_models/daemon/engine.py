@@ -42,7 +42,8 @@ from .errors import CALLER_FAULT, RETRYABLE, Failure, UpstreamError
 from .health import Admission, State
 
 Key = tuple[str, str]  # (provider, model)
-# Members that skipping for what the request needs says nothing bad about.
+# Failures that say the member cannot serve this request (not that it is unwell): when every
+# attempt is one of these, the request itself is what no member can take.
 SKIPPED = frozenset({Failure.UNSUPPORTED, Failure.CONTEXT_TOO_LONG})
 # A member cooling from these may come back within the same request (when all others cool too).
 COMES_BACK = frozenset({Failure.RATE_LIMITED, Failure.OVERLOADED})
