@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +75,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def simulator(root: Path, *, chunk_delay: float = 0.0, dialect: str = "openai") -> Iterator[str]:
-    """A simulated provider (OpenAI dialect unless told) in its own process; yields its base URL."""
+def simulator(
+    root: Path, *, chunk_delay: float = 0.0, dialect: str = "openai", faults: Sequence[str] = ()
+) -> Iterator[str]:
+    """A simulated provider (OpenAI dialect unless told) in its own process; yields its base URL.
+
+    `faults`: JSON faults (the simulator's `--fault`) it applies to every request, in order.
+    """
     cmd = [sys.executable, "-m", "combined_models.simulator", "--models", MODEL, "--text", TEXT]
     cmd += ["--chunk-delay", str(chunk_delay), "--dialect", dialect]
+    for fault in faults:
+        cmd += ["--fault", fault]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(root))
     try:
         assert proc.stdout is not None

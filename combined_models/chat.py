@@ -82,6 +82,9 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     tools: list[Tool] = msgspec.field(default_factory=list)
     tool_choice: str | None = None  # "auto" | "none" | "required" | a tool name
     thinking_budget: int | None = None  # ask for extended thinking with this many tokens, where supported
+    # Which conversation this turn belongs to (a client's session id), for session affinity;
+    # when absent the daemon keys the conversation by a hash of its opening.
+    session: str | None = None
 
 
 # ---------------------------------------------------------------- stream events

@@ -39,6 +39,9 @@ class FailoverConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_backoff: float = 0.25  # first backoff between transient retries (jittered, doubling)
     # Seconds a request waits for one of a provider's `max_concurrency` slots; then it fails over.
     slot_wait: float = 3.0
+    # Seconds since a conversation's last turn during which its next turn goes back to the member
+    # that served it (where its prompt cache is warm), while that member is healthy; 0: off.
+    affinity_ttl: float = 300.0
 
 
 class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

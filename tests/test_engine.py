@@ -412,13 +412,14 @@ def test_a_cut_with_no_member_left_is_truncated_never_done() -> None:
     assert err.kind == "truncated" and "no provider could continue" in err.message
 
 
-def test_a_cut_after_a_tool_call_is_truncated_not_continued() -> None:
+def test_a_cut_after_whole_tool_calls_ends_the_turn_with_them_never_repeats_them() -> None:
     run = engine()
     look = members(a=READY, b=READY)
     step = tried(run.next_step(NOW, look), "a")
-    step.relay.feed([ToolCallEvent(id="c1", name="f", arguments={})])
-    err = error(run.failed(fail(Failure.TRANSIENT), NOW))
-    assert err.kind == "truncated" and "tool call" in err.message
+    step.relay.feed([TextEvent("Let me look."), ToolCallEvent(id="c1", name="f", arguments={})])
+    outcome = run.failed(fail(Failure.TRANSIENT), NOW)
+    assert outcome == Stop([DoneEvent(provider="a", model="m", finish_reason="tool_calls")])
+    assert run.next_step(NOW, look) == outcome  # no other member is asked: it could call the tool again
 
 
 def test_text_that_used_up_max_tokens_ends_as_a_length_stop() -> None:

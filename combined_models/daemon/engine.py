@@ -185,6 +185,8 @@ class Failover:
     request: ChatRequest
     policy: FailoverConfig
     jitter: Callable[[], float] = jittered  # backoff factor in [0.5, 1]
+    # The member that served this conversation's last turn: tried first while it is healthy.
+    pinned: Key | None = None
     out: Output = field(default_factory=Output)
     attempts: list[Attempt] = field(default_factory=list)
     # Members this request may not go back to (failed for good, silent, cut mid-answer, unable).
@@ -213,6 +215,10 @@ class Failover:
 
     def _pick(self, now: float, look: Look) -> Step:
         """The first member that may take the request now, or how long to wait, or the end."""
+        if self.pinned is not None and not self.attempts:
+            step = self._stay(now, look, self.pinned)
+            if step is not None:
+                return step
         earliest: float | None = None
         for m in self.chain:
             if (m.provider, m.model) in self.excluded:
@@ -245,6 +251,18 @@ class Failover:
         if earliest is not None and earliest - now <= self.policy.all_cooling_wait:
             return Wait(earliest)
         return self._end(self._exhausted(now, look))
+
+    def _stay(self, now: float, look: Look, pinned: Key) -> Step | None:
+        """The conversation's own member, when it is in the chain and healthy (not cooling, not
+        a probe: a recovering member is for new conversations to try) and can serve this turn."""
+        for m in self.chain:
+            if (m.provider, m.model) == pinned:
+                view = look(m)
+                healthy = view is not None and view.disabled is None and view.admission.decision == "send"
+                if healthy and view is not None and unsupported(self.request, view.capabilities) is None:
+                    return self._try(m, view, admit=True, announce=[])
+                return None
+        return None
 
     def _skip(self, m: Member, kind: Failure, why: str) -> None:
         self.attempts.append(Attempt(provider=m.provider, model=m.model, error=why, kind=kind.value))
@@ -299,9 +317,12 @@ class Failover:
         self.attempts.append(Attempt(provider=m.provider, model=m.model, error=e.message, kind=e.kind.value))
         self.last_failure = (m.provider, e)
         if self.out.tool_calls:
-            # Whole tool calls reached the caller: a continuation could repeat or contradict them.
+            # Whole tool calls reached the caller. A provider cannot continue after a tool call
+            # without its result, and asking again could repeat the call (a command run twice), so
+            # the turn ends with the calls it has: the caller runs them, the model goes on next turn.
             self.excluded.add(key)
-            return self._end(self._truncated("the answer was cut after a tool call and cannot be continued"))
+            ending = DoneEvent(provider=m.provider, model=m.model, finish_reason="tool_calls")
+            return self._end([*tried.relay.finish(), ending])
         spent = self.sent[key] >= self.policy.max_attempts
         # Before output a transient failure is retried here; after output the answer
         # continues on the next member at once (the caller is waiting mid-sentence).
@@ -319,12 +340,6 @@ class Failover:
         return Next()
 
     # ------------------------------------------------------------ endings
-
-    def _truncated(self, what: str) -> list[StreamEvent]:
-        detail = "; ".join(f"{a.provider}: {a.error}" for a in self.attempts)
-        return [
-            ErrorEvent(kind=ErrorKind.TRUNCATED, message=f"{what} ({detail})", attempts=list(self.attempts))
-        ]
 
     def _budget_spent(self) -> list[StreamEvent]:
         """The text received already uses up the caller's `max_tokens`: it ends there, as a length stop."""

@@ -11,6 +11,7 @@ import trio
 
 from ..chat import ChatRequest, DecodedItem, ErrorEvent, ErrorKind
 from ..config import FailoverConfig
+from .affinity import Affinity, continues, conversation_key
 from .engine import Failover, Retry, Stop, Try, Wait
 from .errors import UpstreamError
 from .facade import Send
@@ -21,6 +22,7 @@ class Router:
     def __init__(self, registry: Registry, policy: FailoverConfig) -> None:
         self.registry = registry
         self.policy = policy
+        self.affinity = Affinity(policy.affinity_ttl)
 
     async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
         """Serve one request through its chain; always ends with a `done` or an `error` event."""
@@ -29,7 +31,9 @@ class Router:
         except UnknownModel as e:
             await send([ErrorEvent(kind=ErrorKind.UNKNOWN_MODEL, message=str(e))])
             return
-        run = Failover(chain, request, self.policy)
+        conversation = conversation_key(model, request)
+        pinned = self.affinity.pinned(conversation, trio.current_time()) if continues(request) else None
+        run = Failover(chain, request, self.policy, pinned=pinned)
         while True:
             now = trio.current_time()
             step = run.next_step(now, self.registry.looking_at(now))
@@ -39,6 +43,9 @@ class Router:
                 await send(step.events)
                 return
             elif await self._attempt(run, step, now, send):
+                self.affinity.served(
+                    conversation, (step.member.provider, step.member.model), trio.current_time()
+                )
                 return
 
     async def _attempt(self, run: Failover, step: Try, now: float, send: Send) -> bool:

@@ -123,6 +123,9 @@ class ServerFacade:
 
     def status(self) -> StatusInfo:
         status = self._server.registry.status()
+        pinned = self._server.router.affinity.per_provider(trio.current_time())
+        for provider in status.providers:
+            provider.pinned = pinned.get(provider.id, 0)
         gateway = self._server.gateway
         status.daemon.http = self._server.http_address
         status.daemon.http_error = gateway.error if gateway is not None else ""
