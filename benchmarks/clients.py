@@ -127,6 +127,7 @@ def client_env(root: Path, cache: Path) -> dict[str, str]:
 
 
 def run_claude_code(st: Stack, bin_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The prompt, then `/context`, which counts the context's parts with `count_tokens`."""
     env = {
         **env,
         "ANTHROPIC_BASE_URL": st.front_door,
@@ -137,7 +138,11 @@ def run_claude_code(st: Stack, bin_dir: Path, env: dict[str, str]) -> subprocess
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_TELEMETRY": "1",
     }
-    return _run([str(bin_dir / "claude"), "-p", PROMPT], env)
+    answer = _run([str(bin_dir / "claude"), "-p", PROMPT], env)
+    context = _run([str(bin_dir / "claude"), "-p", "/context"], env)
+    if context.returncode != 0:
+        return subprocess.CompletedProcess(context.args, context.returncode, answer.stdout, context.stderr)
+    return answer
 
 
 def run_opencode(
@@ -236,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 counts = counted(after["simant"]) - counted(before["simant"])
                 whole = TEXT in " ".join(result.stdout.split())
                 ok = whole and result.returncode == 0 and cuts > 0 and served > 0
+                if name == "claude-code":
+                    ok = ok and counts > 0  # its counts came from the member, never made up
                 failed += not ok
                 version = PINS[name][1]
                 detail = f"{cuts} answers cut mid-way, {served} finished by the next member"

@@ -14,36 +14,49 @@ import msgspec
 
 # ---------------------------------------------------------------- conversation
 
+# Prompt caching. A part, a system block or a tool with `cache` set carries a cache
+# breakpoint: the provider may cache the prompt up to and including it (prefix order:
+# tools, then system, then messages). The value is the entry's lifetime, "5m" (the usual)
+# or "1h". Dialects with explicit caching place their marker there (Anthropic
+# `cache_control`, Bedrock `cachePoint`); the others leave the markers out.
+
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type"):
     text: str
+    cache: str | None = None  # a cache breakpoint after this part (its ttl)
 
 
 class ImagePart(msgspec.Struct, tag="image", tag_field="type", kw_only=True):
     media_type: str = "image/png"
     data: str = ""  # base64, when the image travels inline
     url: str | None = None
+    cache: str | None = None
 
 
 class DocumentPart(msgspec.Struct, tag="document", tag_field="type", kw_only=True):
     media_type: str = "application/pdf"
     data: str = ""  # base64
     title: str | None = None
+    cache: str | None = None
 
 
 class ToolCallPart(msgspec.Struct, tag="tool_call", tag_field="type"):
     id: str
     name: str
     arguments: dict[str, Any]
+    cache: str | None = None
 
 
 class ToolResultPart(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True):
     tool_call_id: str
     content: str
     is_error: bool = False
+    cache: str | None = None
 
 
 class ThinkingPart(msgspec.Struct, tag="thinking", tag_field="type", kw_only=True):
+    """Never a cache breakpoint: Claude refuses one on a thinking block."""
+
     text: str
     signature: str | None = None
     # Signatures belong to the provider that produced them; other providers drop the part.
@@ -68,13 +81,16 @@ class Tool(msgspec.Struct, kw_only=True):
     name: str
     description: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+    cache: str | None = None  # a cache breakpoint after this tool's definition
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
     """One chat request, as written once by a client and served by any dialect."""
 
     messages: list[Message]
-    system: str | None = None
+    # The system prompt: text, or text blocks when some carry a cache breakpoint
+    # (`system_text()` gives the plain text for dialects that take only a string).
+    system: str | list[TextPart] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -85,12 +101,29 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     # Which conversation this turn belongs to (a client's session id), for session affinity;
     # when absent the daemon keys the conversation by a hash of its opening.
     session: str | None = None
+    # Routes requests that share a prompt prefix to one cache (OpenAI's `prompt_cache_key`).
+    cache_key: str | None = None
+
+    def system_text(self) -> str:
+        """The system prompt as plain text ("" when none); blocks are joined by a blank line."""
+        if self.system is None or isinstance(self.system, str):
+            return self.system or ""
+        return "\n\n".join(b.text for b in self.system)
 
 
 # ---------------------------------------------------------------- stream events
 
 
 class Usage(msgspec.Struct, kw_only=True):
+    """Tokens one answer took.
+
+    `input_tokens` is the WHOLE prompt, cached parts included, as OpenAI and Gemini count
+    it: `cache_read_tokens` (served from the cache) and `cache_write_tokens` (written to
+    it) are parts of it, never added to it. Anthropic and Bedrock report their input
+    without the cached parts: their decoders add them, and the Anthropic front door takes
+    them out again. So `input_tokens + output_tokens` is the total everywhere.
+    """
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -19,7 +19,7 @@ import msgspec
 
 from .metadata import MODELS_DEV_URL
 
-APIS = ("openai", "anthropic", "bedrock", "gemini", "copilot")
+APIS = ("openai", "openai-responses", "anthropic", "bedrock", "gemini", "copilot")
 MIN_DISCOVERY_INTERVAL = 60.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -159,6 +159,8 @@ PRESETS: dict[str, Preset] = {
         ("OPENAI_API_KEY",),
         options={"max_tokens_field": "max_completion_tokens"},
     ),
+    # OpenAI's own endpoint through the Responses API, for the models it serves only that way.
+    "openai-responses": Preset("openai-responses", "https://api.openai.com/v1", ("OPENAI_API_KEY",)),
     "openrouter": Preset(
         "openai",
         "https://openrouter.ai/api/v1",
@@ -366,7 +368,11 @@ def resolve_provider(cfg: Config, pid: str, env: Mapping[str, str] | None = None
     disabled = ""
     if not p.enabled:
         disabled = "disabled in the config"
-    elif key is None and api in ("openai", "anthropic", "gemini") and not _is_loopback(base_url):
+    elif (
+        key is None
+        and api in ("openai", "openai-responses", "anthropic", "gemini")
+        and not _is_loopback(base_url)
+    ):
         wanted = p.api_key_env or (" or ".join(preset.key_envs) if preset and preset.key_envs else "api_key")
         disabled = f"no API key (set {wanted})"
     headers = {**(preset.headers if preset else {}), **p.headers}

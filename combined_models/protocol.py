@@ -109,6 +109,7 @@ class ProviderStatus(msgspec.Struct, kw_only=True):
     catalog_error: str | None = None  # why the last listing failed (the cached list is still served)
     models_offered: int = 0
     models_truncated: int = 0  # per-model entries left out of `models` so the reply fits in one frame
+    cache_read_ratio: float | None = None  # share of its prompt tokens read from a cache; None before any
     pinned: int = 0  # conversations whose next turn comes here first (session affinity)
 
 

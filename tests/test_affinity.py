@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -12,6 +15,8 @@ from combined_models.chat import ChatRequest, DoneEvent, Message, StreamEvent, T
 from combined_models.config import FailoverConfig
 from combined_models.daemon.affinity import Affinity, continues, conversation_key
 from combined_models.daemon.engine import Failover, MemberView, Try
+from combined_models.daemon.gateway.anthropic import parse_messages_request
+from combined_models.daemon.gateway.common import BadRequest
 from combined_models.daemon.health import Admission, State
 from combined_models.protocol import Member
 from combined_models.simulator import Fault
@@ -156,3 +161,51 @@ async def test_a_conversation_stays_where_it_moved_while_new_ones_follow_the_pri
         assert (status["first"].pinned, status["second"].pinned) == (1, 1)
         clock.jump(61)  # the affinity time has passed since the last turn
         assert await turn(messages, "after a break") == "first"
+
+
+# ---------------------------------------------------------------- how the front door names a conversation
+
+
+def test_claude_codes_system_turns_join_the_system_prompt_and_its_user_id_names_the_session() -> None:
+    """Claude Code sends `role: system` turns for model names it does not know as Claude's."""
+    body = {
+        "model": "my-combined-model",
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": "You are a coding agent."}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "say hi"}]},
+            {"role": "system", "content": "Available agent types: ..."},
+        ],
+        "metadata": {"user_id": "user_abc_account__session_1234"},
+    }
+    parsed = parse_messages_request(json.dumps(body).encode())
+    assert parsed.request.system == "You are a coding agent.\n\nAvailable agent types: ..."
+    assert [m.role for m in parsed.request.messages] == ["user"]
+    assert parsed.request.session == "user_abc_account__session_1234"
+    only_system = {**body, "messages": [{"role": "system", "content": "x"}]}
+    with pytest.raises(BadRequest):
+        parse_messages_request(json.dumps(only_system).encode())
+
+
+async def test_the_session_header_names_the_conversation_at_the_front_door(
+    short_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    async with open_stack(short_dir, extra='[http]\nlisten = "127.0.0.1:0"\n') as st:
+        gw = st.server.gateway
+        assert gw is not None
+        headers = {"authorization": f"Bearer {gw.token}", "x-claude-code-session-id": "cc-session-1"}
+        body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+        async with httpx.AsyncClient(base_url=f"http://{gw.address}", trust_env=False, timeout=10) as http:
+            r = await http.post("/v1/messages", json=body, headers=headers)
+            assert r.status_code == 200
+            st.sims["first"].push_fault(Fault(kind="status", status=503))
+            # Another first message, but the same session: it continues the conversation.
+            r = await http.post("/v1/messages", json=body, headers=headers)
+            assert r.headers["x-combined-models-provider"] == "second"
+            clock.jump(10)  # the first provider's cooldown is over
+            r = await http.post("/v1/messages", json=body, headers=headers)
+            assert r.headers["x-combined-models-provider"] == "second"  # the move stuck
+            r = await http.post(
+                "/v1/messages", json=body, headers={"authorization": headers["authorization"]}
+            )
+            assert r.headers["x-combined-models-provider"] == "first"  # no session, a first message: new

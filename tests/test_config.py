@@ -262,6 +262,7 @@ def test_every_preset_resolves() -> None:
     assert {pid: (r.api, r.base_url) for pid, r in got.items()} == {
         "anthropic": ("anthropic", "https://api.anthropic.com"),
         "openai": ("openai", "https://api.openai.com/v1"),
+        "openai-responses": ("openai-responses", "https://api.openai.com/v1"),
         "openrouter": ("openai", "https://openrouter.ai/api/v1"),
         "amazon-bedrock": ("bedrock", ""),
         "github-copilot": ("copilot", "https://api.githubcopilot.com"),
@@ -273,6 +274,7 @@ def test_every_preset_resolves() -> None:
     assert {pid: r.key_source for pid, r in got.items()} == {
         "anthropic": "env ANTHROPIC_API_KEY",
         "openai": "env OPENAI_API_KEY",
+        "openai-responses": "env OPENAI_API_KEY",
         "openrouter": "env OPENROUTER_API_KEY",
         "amazon-bedrock": "env AWS_BEARER_TOKEN_BEDROCK",
         "github-copilot": "none",

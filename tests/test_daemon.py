@@ -28,7 +28,7 @@ from combined_models.chat import (
 )
 from combined_models.client.aio import open_client
 from combined_models.config import HttpConfig, LimitsConfig
-from combined_models.daemon.facade import DaemonFacade, Send
+from combined_models.daemon.facade import CountResult, DaemonFacade, Send
 from combined_models.daemon.gateway import Gateway
 from combined_models.daemon.server import claim_socket
 from combined_models.daemon.socket_door import SocketDoor
@@ -349,6 +349,9 @@ class FakeDaemon:
 
     async def refresh_catalogs(self) -> None:
         pass
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> CountResult:
+        return CountResult(outcome="unsupported", message="the fake daemon counts nothing")
 
 
 async def test_both_doors_serve_a_facade_side_by_side_with_no_server(short_dir: Path) -> None:

@@ -314,13 +314,14 @@ def test_anthropic_request_becomes_the_neutral_request() -> None:
             ),
             Message("assistant", "Sunny"),  # a final assistant turn: the client's prefill
         ],
-        system="Be brief.\n\nUse tools.",
+        system=[TextPart("Be brief.", cache="5m"), TextPart("Use tools.")],  # blocks: one has a breakpoint
         max_tokens=4096,
         temperature=0.5,
         stop=["END"],
         tools=[Tool(name="w", description="weather", parameters=WEATHER)],
         tool_choice="auto",
         thinking_budget=2048,
+        session="u",  # metadata.user_id names the conversation, for session affinity
     )
 
 
@@ -343,7 +344,7 @@ def _claude(content: Any, **extra: Any) -> dict[str, Any]:
         ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         (_claude("x", max_tokens=0), "max_tokens"),
         (
-            {"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]},
             "messages[0].role",
         ),
         (_claude([{"type": "audio", "data": "x"}]), "messages[0].content[0].type"),

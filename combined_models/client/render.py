@@ -40,11 +40,24 @@ def render_status(st: StatusInfo) -> str:
         lines.append("no providers configured (see `cmctl --help` for the config file)")
         return "\n".join(lines)
     rows = [
-        ["PROVIDER", "STATE", "READY IN", "IN-FLIGHT", "REQUESTS", "OK%", "FAILED", "SAVED", "LAST ERROR"]
+        [
+            "PROVIDER",
+            "STATE",
+            "READY IN",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "OK%",
+            "FAILED",
+            "SAVED",
+            "CACHED%",
+            "PINNED",
+            "LAST ERROR",
+        ]
     ]
     for p in st.providers:
         ready_in = ago(p.cooldown_remaining_s) if p.cooldown_remaining_s > 0 else "-"
         ok = "-" if p.success_rate is None else f"{p.success_rate * 100:.0f}%"
+        cached = "-" if p.cache_read_ratio is None else f"{p.cache_read_ratio * 100:.0f}%"
         err = "-"
         if p.last_error:
             err = (f"{p.last_error_kind}: " if p.last_error_kind else "") + p.last_error
@@ -59,11 +72,15 @@ def render_status(st: StatusInfo) -> str:
                 ok,
                 str(p.failures),
                 str(p.failovers_saved),
+                cached,
+                str(p.pinned),
                 err,
             ]
         )
         for m in p.models:
-            rows.append([f"  {m.model}", m.state, ago(m.cooldown_remaining_s), "", "", "", "", "", m.reason])
+            rows.append(
+                [f"  {m.model}", m.state, ago(m.cooldown_remaining_s), "", "", "", "", "", "", "", m.reason]
+            )
     lines.append(table(rows))
     return "\n".join(lines)
 

@@ -28,6 +28,8 @@ def conversation_key(model: str, request: ChatRequest) -> str:
     """
     if request.session:
         return f"{model}\0s\0{request.session[:MAX_SESSION_ID]}"
+    if request.cache_key:  # OpenAI's prompt_cache_key names the conversation the same way
+        return f"{model}\0k\0{request.cache_key[:MAX_SESSION_ID]}"
     digest = hashlib.sha256(model.encode())
     system = request.system
     if isinstance(system, list):  # system blocks
@@ -44,7 +46,7 @@ def continues(request: ChatRequest) -> bool:
     A lone first message starts a conversation (the same question asked again is a new one):
     it follows the priority order, and its answer pins the conversation.
     """
-    return bool(request.session) or len(request.messages) > 1
+    return bool(request.session or request.cache_key) or len(request.messages) > 1
 
 
 class Affinity:

@@ -23,7 +23,7 @@ def estimate_tokens(text: str) -> int:
 
 def prompt_tokens(request: ChatRequest) -> int:
     """A rough size of the prompt, to skip members whose context window is known to be smaller."""
-    chars = len(request.system or "")
+    chars = len(request.system_text())
     images = 0
     for m in request.messages:
         if isinstance(m.content, str):

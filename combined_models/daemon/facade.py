@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from ..chat import ChatRequest, StreamEvent
 from ..config import HttpConfig, LimitsConfig
@@ -18,6 +19,24 @@ from ..protocol import ModelsInfo, StatusInfo
 # Where a chat's events go, in order, a batch at a time: a batch is what one upstream read
 # decoded (a write per event was a trip round the event loop and a syscall per token).
 Send = Callable[[list[StreamEvent]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    """What `count_tokens` found: a member's own count, or why there is none.
+
+    outcome: "counted" (`input_tokens` from `member`); "unknown_model"; "unsupported" (no
+    member's API can count, or those that could are off); "failed" (members that can count
+    were asked and failed); "cooling" (those that can count are cooling down, none was asked).
+    `tried` says, per member in chain order, what became of it.
+    """
+
+    outcome: Literal["counted", "unknown_model", "unsupported", "failed", "cooling"]
+    input_tokens: int | None = None
+    member: str = ""  # provider/model that counted
+    message: str = ""  # for an error reply: what was tried and why it gave no count
+    tried: tuple[str, ...] = ()
+    retry_after: float | None = None  # when cooling: seconds until one could count again
 
 
 class DaemonFacade(Protocol):
@@ -46,6 +65,13 @@ class DaemonFacade(Protocol):
 
     async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
         """Serve one chat: every event goes to `send`, ending with a done or an error event."""
+        ...
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> CountResult:
+        """The input tokens `request` makes, counted by the first member of `model` that can count.
+
+        Never an estimate: when no member gives a count, the result says why.
+        """
         ...
 
     def models_info(self) -> ModelsInfo: ...

@@ -28,6 +28,7 @@ from ..metadata import ModelInfo
 from ..protocol import ModelHealth, ProviderStatus
 from .credentials import Credentials, StaticCredentials, resolve_credentials
 from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
+from .dialects.counting import Counter, counter_for
 from .engine import MemberView
 from .errors import NO_PENALTY, Failure, UpstreamError, classify_status
 from .health import Admission, HealthBook, SavedBook, State
@@ -51,6 +52,8 @@ MAX_MODEL_PAGES = 50
 MAX_LISTING_BODY = 32 * 1024 * 1024  # one page; the largest real listing (OpenRouter's) is a few MB
 MAX_LISTED_MODELS = 20_000  # all pages; real providers list hundreds
 MAX_CACHED_MODELS = 4096
+COUNT_TIMEOUT = 10.0  # seconds for one token count (a few are tried in turn)
+MAX_COUNT_BODY = 64 * 1024  # a count answer is a few bytes
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
 
 log = logging.getLogger("combined_models.daemon")
@@ -88,6 +91,9 @@ class ProviderActor:
         self._last_error: str | None = None
         self._last_error_kind: str | None = None
         self._recent: collections.deque[bool] = collections.deque(maxlen=50)
+        # prompt tokens of the answers served (cached ones included), and those read from a cache
+        self._input_tokens = 0
+        self._cache_read_tokens = 0
         if provider.disabled_reason or no_credentials:
             self.disable(provider.disabled_reason or no_credentials)
         elif self.dialect is None:
@@ -238,6 +244,70 @@ class ProviderActor:
                 break
         return list(ids)
 
+    # ------------------------------------------------------------ token counts
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether this provider's API has a count endpoint (Anthropic, Bedrock, Gemini)."""
+        return counter_for(self.provider.api) is not None
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        """The provider's own count of the input tokens `request` makes for `model`; never an estimate.
+
+        Raises UpstreamError when it cannot say (no count endpoint, an error, no answer in
+        time). A count is free and says nothing about serving chats: no slot is taken, and
+        neither health nor the counters hear of it.
+        """
+        counter = counter_for(self.provider.api)
+        if counter is None:
+            raise UpstreamError(Failure.UNSUPPORTED, f"the {self.provider.api} API has no token count")
+        if self.disabled:
+            raise UpstreamError(Failure.UNSUPPORTED, f"disabled: {self._health.provider.reason}")
+        assert self._client is not None, "actor not running"
+        client = self._client
+        try:
+            with trio.fail_after(COUNT_TIMEOUT):
+                try:
+                    return await self._count(counter, request, model, client)
+                except UpstreamError as e:
+                    # A short-lived token may have expired early: refresh it once, as a chat does.
+                    if not (e.kind is Failure.AUTH and e.status == 401 and self.credentials.invalidate()):
+                        raise
+                    return await self._count(counter, request, model, client)
+        except trio.TooSlowError:
+            raise UpstreamError(Failure.SILENT, f"no token count within {COUNT_TIMEOUT:g}s") from None
+        except UpstreamError as e:
+            e.message = self.redact(e.message)
+            raise
+        except httpx.ConnectError as e:
+            raise UpstreamError(Failure.UNREACHABLE, self.redact(_what(e))) from e
+        except (httpx.HTTPError, ConnectionBroken) as e:
+            raise UpstreamError(Failure.TRANSIENT, self.redact(_what(e))) from e
+        except ValueError as e:  # a model id no URL can carry
+            raise UpstreamError(Failure.UNSUPPORTED, self.redact(_what(e))) from e
+
+    async def _count(
+        self, counter: Counter, request: ChatRequest, model: str, client: httpx.AsyncClient
+    ) -> int:
+        endpoint = await self.credentials.endpoint(client)
+        req = counter.build_count(request, model, endpoint, datetime.now(UTC))
+        # Raw bytes, decoded here within a limit, as for listings.
+        headers = {**req.headers, "accept-encoding": "gzip, deflate"}
+        async with client.stream(req.method, req.url, headers=headers, content=req.body or None) as resp:
+            ok = resp.status_code == 200
+            body = LimitedBody(
+                resp.headers.get("content-encoding", ""), MAX_COUNT_BODY if ok else MAX_ERROR_BODY
+            )
+            async for raw in resp.aiter_raw():
+                body.feed(raw)
+            content = body.body()
+        if not ok:
+            raise _classify(counter.dialect, resp.status_code, dict(resp.headers), content)
+        try:
+            return counter.parse_count(content)
+        except ValueError as e:
+            raise UpstreamError(Failure.TRANSIENT, f"malformed token count: {_what(e)}") from e
+
     # ------------------------------------------------------------ health
 
     def view(self, model: str, now: float) -> MemberView:
@@ -321,6 +391,8 @@ class ProviderActor:
                 self._in_flight -= 1
             self._health.succeed(model)
             self._recent.append(True)
+            self._input_tokens += finished.usage.input_tokens
+            self._cache_read_tokens += finished.usage.cache_read_tokens
             return finished
         finally:
             self._limiter.release()
@@ -369,7 +441,7 @@ class ProviderActor:
 
     def first_token_timeout(self, request: ChatRequest) -> float:
         """The first-token limit, scaled up for long prompts (they take longer to read)."""
-        chars = len(request.system or "") + sum(len(m.text()) for m in request.messages)
+        chars = len(request.system_text()) + sum(len(m.text()) for m in request.messages)
         base = self._timeout("first_token_timeout")
         return base * (1.0 + chars / max(1, self.failover.long_prompt_chars))
 
@@ -486,7 +558,14 @@ class ProviderActor:
             catalog=self._catalog_source,
             catalog_error=self._catalog_error,
             models_offered=len(self._offered),
+            cache_read_ratio=self._cache_read_ratio(),
         )
+
+    def _cache_read_ratio(self) -> float | None:
+        """The share of the served prompt tokens read from a cache; None before any was counted."""
+        if self._input_tokens <= 0:
+            return None
+        return round(min(1.0, self._cache_read_tokens / self._input_tokens), 3)
 
     def snapshot(self, now: float) -> SavedBook:
         return self._health.snapshot(now, time.time())

@@ -26,7 +26,8 @@ from ..config import Config, HttpConfig, LimitsConfig
 from ..paths import check_socket_path, ensure_private_dir, runtime_dir, state_file
 from ..protocol import ModelsInfo, StatusInfo
 from .accept import raise_open_files_limit
-from .facade import Send
+from .counting import count_tokens
+from .facade import CountResult, Send
 from .gateway import Gateway
 from .registry import Registry
 from .router import Router
@@ -117,6 +118,9 @@ class ServerFacade:
 
     async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
         await self._server.router.chat(model, request, send)
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> CountResult:
+        return await count_tokens(self._server.registry, model, request)
 
     def models_info(self) -> ModelsInfo:
         return self._server.registry.models_info()

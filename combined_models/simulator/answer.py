@@ -36,6 +36,14 @@ class Message(msgspec.Struct, frozen=True):
     text: str
 
 
+class Prefix(msgspec.Struct, frozen=True):
+    """The prompt up to one of its items (a tool, a system block, a message part), for the prompt cache."""
+
+    digest: str  # of the model and every item up to here
+    words: int  # the words in it: the simulator's tokens
+    breakpoint: str | None = None  # the ttl, when the request puts a cache breakpoint after this item
+
+
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A chat request in the simulator's internal form, whatever the dialect."""
 
@@ -47,6 +55,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool = False
     conversation: dict[str, Any] | None = None  # the dialect-neutral view (see conversation.py)
     variant: str = ""  # a dialect's rendering choice taken from the request (gemini: "array" without alt=sse)
+    prefixes: tuple[Prefix, ...] = ()  # one per item of the prompt, in prefix order (see conversation.py)
 
     @property
     def ends_with_assistant(self) -> bool:

@@ -15,6 +15,7 @@ import trio
 
 from ._http import HttpConnection, ResetConnection
 from .answer import DEFAULT_TEXT, Answer, Piece, plan_answer
+from .counting import CountEndpoint
 from .dialects import BadRequest, Reply, Route, StreamEncoder, get_dialect
 from .dialects.base import Context, HttpRequest, json_reply
 from .faults import PREFILL_REJECTED, STREAM_ONLY_KINDS, Fault, FaultQueue
@@ -139,6 +140,8 @@ class Simulator:
         self.copilot_poll_interval = copilot_poll_interval
         self.requests: list[RecordedRequest] = []
         self.endpoint_requests: dict[str, int] = {}
+        # Token counts (Anthropic, Bedrock, Gemini): their records and a fault queue of their own.
+        self.counting = CountEndpoint(self.dialect, name, self.endpoint_requests)
         self._faults = FaultQueue()
         self._created = int(time.time())
         self._completed = 0
@@ -237,6 +240,8 @@ class Simulator:
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
+        if (count := self.counting.route(method, path)) is not None:
+            return await self.counting.answer(conn, count, request, body, self._context())
         if path.startswith("/_sim/"):
             reply = self._control(method, path, body)
             return await conn.send_reply(reply.status, reply.headers, reply.body)

@@ -8,12 +8,14 @@ from .bedrock import BedrockDialect
 from .copilot import CopilotDialect
 from .gemini import GeminiDialect
 from .openai import OpenAIDialect
+from .openai_responses import OpenAIResponsesDialect
 
 __all__ = ["Dialect", "Endpoint", "HttpRequest", "StreamDecoder", "dialect_for"]
 
 
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
+    "openai-responses": OpenAIResponsesDialect,
     "anthropic": AnthropicDialect,
     "bedrock": BedrockDialect,
     "copilot": CopilotDialect,

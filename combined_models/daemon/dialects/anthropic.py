@@ -40,7 +40,9 @@ from .base import (
 from .claude_family import (
     ANSWER_TOKENS,
     StreamedToolUse,
+    cache_control,
     claude_turns,
+    keep_last_breakpoints,
     replayable,
     thinking_limits,
     unit_temperature,
@@ -104,7 +106,14 @@ def _headers(endpoint: Endpoint, accept: str) -> dict[str, str]:
 
 
 def _block(part: Part) -> dict[str, Any] | None:
-    """One neutral part as an Anthropic content block; None for what is not sent."""
+    """One neutral part as an Anthropic content block, with its cache breakpoint; None for what is not sent."""
+    block = _plain_block(part)
+    if block is not None and not isinstance(part, ThinkingPart) and part.cache:
+        block["cache_control"] = cache_control(part.cache)
+    return block
+
+
+def _plain_block(part: Part) -> dict[str, Any] | None:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
@@ -144,17 +153,47 @@ def _blocks(msg: Message) -> list[dict[str, Any]]:
 
 
 def encode_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Neutral messages -> Anthropic's, as Claude takes them; a lone text block as a plain string."""
-    turns = claude_turns(
+    """Neutral messages -> Anthropic's, as Claude takes them (content as block lists)."""
+    return claude_turns(
         ((msg.role, _blocks(msg)) for msg in messages),
         is_text=lambda b: b["type"] == "text",
         is_tool_result=lambda b: b["type"] == "tool_result",
     )
+
+
+def _plain_strings(turns: list[dict[str, Any]]) -> None:
+    """A turn of one unmarked text block goes as a plain string."""
     for turn in turns:
         blocks = turn["content"]
-        if len(blocks) == 1 and blocks[0]["type"] == "text":
+        if len(blocks) == 1 and blocks[0]["type"] == "text" and "cache_control" not in blocks[0]:
             turn["content"] = blocks[0]["text"]
-    return turns
+
+
+def _system(request: ChatRequest) -> str | list[dict[str, Any]] | None:
+    """The system prompt: a string, or text blocks with their breakpoints (blank ones left out)."""
+    if request.system is None or isinstance(request.system, str):
+        return request.system or None
+    blocks: list[dict[str, Any]] = []
+    for b in request.system:
+        if not b.text.strip():
+            continue
+        block: dict[str, Any] = {"type": "text", "text": b.text}
+        if b.cache:
+            block["cache_control"] = cache_control(b.cache)
+        blocks.append(block)
+    return blocks or None
+
+
+def _tools(request: ChatRequest) -> list[dict[str, Any]]:
+    tools = []
+    for t in request.tools:
+        tool: dict[str, Any] = {"name": t.name, "input_schema": t.parameters}
+        if t.description:
+            tool["description"] = t.description
+        if t.cache:
+            tool["cache_control"] = cache_control(t.cache)
+        tools.append(tool)
+    return tools
 
 
 def _thinking_allowed(messages: list[dict[str, Any]]) -> bool:
@@ -209,6 +248,17 @@ class AnthropicDialect:
         self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
     ) -> HttpRequest:
         messages = encode_messages(request.messages)
+        system = _system(request)
+        tools = _tools(request)
+        keep_last_breakpoints(
+            [
+                *tools,
+                *(system if isinstance(system, list) else ()),
+                *(b for m in messages for b in m["content"]),
+            ],
+            "cache_control",
+        )
+        _plain_strings(messages)
         max_tokens, budget = _limits(request, endpoint, _thinking_allowed(messages))
         body: dict[str, Any] = {
             "model": model,
@@ -216,8 +266,8 @@ class AnthropicDialect:
             "messages": messages,
             "stream": True,
         }
-        if request.system:
-            body["system"] = request.system
+        if system:
+            body["system"] = system
         if budget is not None:
             # With thinking the sampling parameters must stay at their defaults (temperature,
             # top_k); top_p may only be between 0.95 and 1.
@@ -231,13 +281,7 @@ class AnthropicDialect:
                 body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = request.stop
-        if request.tools:
-            tools = []
-            for t in request.tools:
-                tool: dict[str, Any] = {"name": t.name, "input_schema": t.parameters}
-                if t.description:
-                    tool["description"] = t.description
-                tools.append(tool)
+        if tools:
             body["tools"] = tools
             if request.tool_choice:
                 body["tool_choice"] = _tool_choice(request.tool_choice, budget is not None)

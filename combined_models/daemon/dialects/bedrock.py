@@ -43,7 +43,14 @@ from .base import (
     merge_headers,
     short,
 )
-from .claude_family import StreamedToolUse, claude_turns, replayable, thinking_limits, unit_temperature
+from .claude_family import (
+    StreamedToolUse,
+    claude_turns,
+    keep_last_breakpoints,
+    replayable,
+    thinking_limits,
+    unit_temperature,
+)
 from .eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from .sigv4 import model_path, sign_request
 
@@ -80,6 +87,12 @@ _FINISH = {
 }
 _MALFORMED_STOPS = frozenset({"malformed_model_output", "malformed_tool_use"})
 
+# Where a model takes `cachePoint` blocks: AWS lists Claude and Nova, and Nova caches no
+# tools. Other models get none (a block they do not know may be refused).
+_CLAUDE_CACHING = frozenset({"tools", "system", "messages"})
+_NOVA_CACHING = frozenset({"system", "messages"})
+_CACHE = "cache"  # a block's breakpoint while the body is built; becomes a cachePoint after it
+
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
 _DOC_NAME_BAD = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 _REGION_IN_HOST = re.compile(r"^bedrock(?:-runtime)?(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
@@ -96,8 +109,9 @@ def converse_body(request: ChatRequest, model: str) -> dict[str, Any]:
     URL, a document or image format it does not know).
     """
     body: dict[str, Any] = {"messages": _messages(request.messages)}
-    if request.system and request.system.strip():
-        body["system"] = [{"text": request.system}]
+    system = _system(request)
+    if system:
+        body["system"] = system
     max_tokens, budget = thinking_limits(request.max_tokens, _thinking_request(request, model))
     inference: dict[str, Any] = {}
     if max_tokens is not None:
@@ -118,7 +132,49 @@ def converse_body(request: ChatRequest, model: str) -> dict[str, Any]:
     tool_config = _tool_config(request, body["messages"])
     if tool_config:
         body["toolConfig"] = tool_config
+    _cache_points(body, model)
     return body
+
+
+def _system(request: ChatRequest) -> list[dict[str, Any]]:
+    blocks = request.system if isinstance(request.system, list) else [TextPart(request.system or "")]
+    return [_marked({"text": b.text}, b.cache) for b in blocks if b.text.strip()]
+
+
+def _marked(block: dict[str, Any], ttl: str | None) -> dict[str, Any]:
+    if ttl:
+        block[_CACHE] = ttl
+    return block
+
+
+def _cache_points(body: dict[str, Any], model: str) -> None:
+    """Each marked block gets a `cachePoint` block right after it, where the model caches.
+
+    At most four, the last ones kept (Claude's rule). A marked toolResult keeps its
+    cachePoint after it, in the turn: `ToolResultContentBlock` has no cachePoint member.
+    """
+    lowered = model.lower()
+    where: frozenset[str] = frozenset()
+    if "anthropic." in lowered or "claude" in lowered:
+        where = _CLAUDE_CACHING
+    elif "amazon.nova" in lowered:
+        where = _NOVA_CACHING
+    tools = (body.get("toolConfig") or {}).get("tools") or []
+    lists = [
+        (tools, "tools" in where),
+        (body.get("system") or [], "system" in where),
+        *((m["content"], "messages" in where) for m in body["messages"]),
+    ]
+    keep_last_breakpoints((b for blocks, on in lists if on for b in blocks), _CACHE)
+    for blocks, on in lists:
+        expanded: list[dict[str, Any]] = []
+        for block in blocks:
+            ttl = block.pop(_CACHE, None)
+            expanded.append(block)
+            if ttl and on:
+                point = {"type": "default"} if ttl == "5m" else {"type": "default", "ttl": ttl}
+                expanded.append({"cachePoint": point})
+        blocks[:] = expanded
 
 
 def _thinking_request(request: ChatRequest, model: str) -> int | None:
@@ -149,20 +205,22 @@ def _blocks(msg: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     text: list[str] = []
 
-    def flush_text() -> None:
-        # Neighbouring text parts travel as one block.
+    def flush_text(ttl: str | None = None) -> None:
+        # Neighbouring text parts travel as one block; a breakpoint ends one.
         if text:
-            blocks.append({"text": "".join(text)})
+            blocks.append(_marked({"text": "".join(text)}, ttl))
             text.clear()
 
     for p in parts:
         if isinstance(p, TextPart):
             text.append(p.text)
+            if p.cache:
+                flush_text(p.cache)
             continue
         flush_text()
         block = _user_block(p) if msg.role == "user" else _assistant_block(p)
         if block is not None:
-            blocks.append(block)
+            blocks.append(_marked(block, None if isinstance(p, ThinkingPart) else p.cache))
     flush_text()
     return blocks
 
@@ -239,13 +297,16 @@ def _tool_config(request: ChatRequest, messages: list[dict[str, Any]]) -> dict[s
     if request.tool_choice == "none" and not used:
         return None
     tools = [
-        {
-            "toolSpec": {
-                "name": t.name,
-                **({"description": t.description} if t.description else {}),
-                "inputSchema": {"json": t.parameters},
-            }
-        }
+        _marked(
+            {
+                "toolSpec": {
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "inputSchema": {"json": t.parameters},
+                }
+            },
+            t.cache,
+        )
         for t in request.tools
     ]
     declared = {t.name for t in request.tools}
@@ -639,9 +700,21 @@ def _stream_exception(message: EventStreamMessage) -> UpstreamError:
 
 
 def _usage(u: Mapping[str, Any]) -> Usage:
+    """Bedrock's usage in the neutral count, where the input includes what the cache read or wrote.
+
+    Bedrock reports `inputTokens` without the cached tokens, as Anthropic does, and
+    `totalTokens` as all four summed. Should a response count them in `inputTokens`
+    instead (then the total is only input plus output), they are not added twice.
+    """
+    given = int(u.get("inputTokens") or 0)
+    output = int(u.get("outputTokens") or 0)
+    read = int(u.get("cacheReadInputTokens") or 0)
+    write = int(u.get("cacheWriteInputTokens") or 0)
+    total = u.get("totalTokens")
+    included = isinstance(total, int) and read + write > 0 and total < given + output + read + write
     return Usage(
-        input_tokens=int(u.get("inputTokens") or 0),
-        output_tokens=int(u.get("outputTokens") or 0),
-        cache_read_tokens=int(u.get("cacheReadInputTokens") or 0),
-        cache_write_tokens=int(u.get("cacheWriteInputTokens") or 0),
+        input_tokens=given if included else given + read + write,
+        output_tokens=output,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
     )

@@ -17,9 +17,12 @@ from .base import loads_json
 
 __all__ = [
     "ANSWER_TOKENS",
+    "MAX_BREAKPOINTS",
     "MIN_THINKING_BUDGET",
     "StreamedToolUse",
+    "cache_control",
     "claude_turns",
+    "keep_last_breakpoints",
     "merge_turns",
     "replayable",
     "thinking_limits",
@@ -30,6 +33,7 @@ __all__ = [
 
 MIN_THINKING_BUDGET = 1024  # Claude's floor for `budget_tokens`
 ANSWER_TOKENS = 4096  # room for the answer when the caller named no max_tokens
+MAX_BREAKPOINTS = 4  # cache breakpoints per request; a 5th is a 400
 
 Block = dict[str, Any]
 Turn = dict[str, Any]  # {"role": "user" | "assistant", "content": [Block, ...]}
@@ -79,6 +83,32 @@ def replayable(part: ThinkingPart) -> bool:
     configured provider, not a vendor, so it cannot decide this.)
     """
     return bool(part.signature)
+
+
+# ---------------------------------------------------------------- prompt caching
+
+
+def cache_control(ttl: str) -> dict[str, str]:
+    """Claude's breakpoint marker for a neutral `cache` value (Anthropic, and OpenRouter's Claude).
+
+    The usual five minutes goes without a `ttl`, as clients send it, so the marker means
+    the same on every API version.
+    """
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": ttl}
+
+
+def keep_last_breakpoints(blocks: Iterable[Block], key: str, limit: int = MAX_BREAKPOINTS) -> None:
+    """Take the breakpoint marker `key` off all but the last `limit` marked blocks.
+
+    `blocks` come in prefix order (tools, system, messages). Claude refuses a request with
+    more than four breakpoints, so extra ones go, and the earliest go first: a breakpoint
+    caches everything before it, and a lookup at one also finds an entry written at an
+    earlier block (within about 20 blocks), so the last ones keep the longest cached
+    prefix, and the client's moving breakpoint on its newest turn survives.
+    """
+    marked = [b for b in blocks if key in b]
+    for block in marked[: max(0, len(marked) - limit)]:
+        del block[key]
 
 
 # ---------------------------------------------------------------- conversation

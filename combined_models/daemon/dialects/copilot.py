@@ -56,6 +56,7 @@ class CopilotDialect(OpenAIDialect):
     """
 
     name = "copilot"
+    takes_prompt_cache_key = False  # not documented for Copilot's API
 
     def __init__(self, request_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
         self._request_id = request_id

@@ -265,8 +265,9 @@ class GeminiDialect:
         if _validates_signatures(model):
             _sign_function_calls(contents)
         body: dict[str, Any] = {"contents": contents}
-        if request.system:
-            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        # Gemini caches implicitly: breakpoint markers have no place here and are left out.
+        if request.system_text():
+            body["systemInstruction"] = {"parts": [{"text": request.system_text()}]}
         if request.tools:
             body["tools"] = [{"functionDeclarations": [_declaration(t) for t in request.tools]}]
             if request.tool_choice:
@@ -478,6 +479,7 @@ class GeminiStreamDecoder(SSEJsonDecoder):
 
 
 def _usage(u: Mapping[str, Any]) -> Usage:
+    # promptTokenCount already counts the cached tokens, as the neutral input does.
     return Usage(
         input_tokens=int(u.get("promptTokenCount") or 0),
         # Thinking is billed as output.

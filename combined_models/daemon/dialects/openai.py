@@ -40,12 +40,27 @@ from .base import (
     loads_json,
     short,
 )
+from .claude_family import cache_control, keep_last_breakpoints
 from .sse import SSEEvent
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
-def _user_messages(msg: Message) -> list[dict[str, Any]]:
+def _text_part(text: str, ttl: str | None, marks: bool) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "text", "text": text}
+    if ttl and marks:
+        part["cache_control"] = cache_control(ttl)
+    return part
+
+
+def _content(parts: list[dict[str, Any]]) -> Any:
+    """Text-only content without breakpoints as one string, as every server takes it."""
+    if all(x["type"] == "text" and "cache_control" not in x for x in parts):
+        return "".join(x["text"] for x in parts)
+    return parts
+
+
+def _user_messages(msg: Message, marks: bool) -> list[dict[str, Any]]:
     if isinstance(msg.content, str):
         return [{"role": "user", "content": msg.content}]
     out: list[dict[str, Any]] = []
@@ -53,44 +68,62 @@ def _user_messages(msg: Message) -> list[dict[str, Any]]:
     for p in msg.content:
         if isinstance(p, ToolResultPart):
             # OpenAI carries tool results as their own `tool` messages, before the user's words.
-            out.append({"role": "tool", "tool_call_id": p.tool_call_id, "content": p.content})
+            content = _content([_text_part(p.content, p.cache, marks)])
+            out.append({"role": "tool", "tool_call_id": p.tool_call_id, "content": content})
         elif isinstance(p, TextPart):
-            parts.append({"type": "text", "text": p.text})
+            parts.append(_text_part(p.text, p.cache, marks))
         elif isinstance(p, ImagePart):
             url = p.url or f"data:{p.media_type};base64,{p.data}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
     if parts:
-        simple = all(x["type"] == "text" for x in parts)
-        content: Any = "".join(x["text"] for x in parts) if simple else parts
-        out.append({"role": "user", "content": content})
+        out.append({"role": "user", "content": _content(parts)})
     return out
 
 
-def _assistant_message(msg: Message) -> dict[str, Any]:
+def _assistant_message(msg: Message, marks: bool) -> dict[str, Any]:
     if isinstance(msg.content, str):
         return {"role": "assistant", "content": msg.content}
-    text = "".join(p.text for p in msg.content if isinstance(p, TextPart))
+    texts = [_text_part(p.text, p.cache, marks) for p in msg.content if isinstance(p, TextPart)]
     calls = [
         {"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(p.arguments)}}
         for p in msg.content
         if isinstance(p, ToolCallPart)
     ]
-    out: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    content = _content(texts)
+    out: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
     if calls:
         out["tool_calls"] = calls
     return out
 
 
-def encode_messages(request: ChatRequest) -> list[dict[str, Any]]:
+def encode_messages(request: ChatRequest, *, cache_marks: bool = False) -> list[dict[str, Any]]:
+    """The request's messages; `cache_marks`: text parts keep their breakpoints as `cache_control`.
+
+    That is OpenRouter's way to Claude's prompt cache (at most four, as Claude takes them).
+    Elsewhere the markers are left out: OpenAI caches on its own.
+    """
     messages: list[dict[str, Any]] = []
-    if request.system:
-        messages.append({"role": "system", "content": request.system})
+    if cache_marks and isinstance(request.system, list) and any(b.cache for b in request.system):
+        system = [_text_part(b.text, b.cache, True) for b in request.system if b.text]
+        messages.append({"role": "system", "content": system})
+    elif request.system_text():
+        messages.append({"role": "system", "content": request.system_text()})
     for msg in request.messages:
         if msg.role == "user":
-            messages.extend(_user_messages(msg))
+            messages.extend(_user_messages(msg, cache_marks))
         else:
-            messages.append(_assistant_message(msg))
+            messages.append(_assistant_message(msg, cache_marks))
+    if cache_marks:
+        keep_last_breakpoints(
+            (p for m in messages if isinstance(m["content"], list) for p in m["content"]), "cache_control"
+        )
     return messages
+
+
+def _claude_on_openrouter(endpoint: Endpoint, model: str) -> bool:
+    return endpoint.options.get("flavour") == "openrouter" and (
+        model.startswith("anthropic/") or "claude" in model.lower()
+    )
 
 
 def _tool_choice(choice: str) -> Any:
@@ -101,16 +134,24 @@ def _tool_choice(choice: str) -> Any:
 
 class OpenAIDialect:
     name = "openai"
+    # Whether `prompt_cache_key` is sent: OpenAI documents it; OpenRouter and Copilot do not.
+    takes_prompt_cache_key = True
 
     def build_chat(
         self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
     ) -> HttpRequest:
         body: dict[str, Any] = {
             "model": model,
-            "messages": encode_messages(request),
+            "messages": encode_messages(request, cache_marks=_claude_on_openrouter(endpoint, model)),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if (
+            request.cache_key
+            and self.takes_prompt_cache_key
+            and endpoint.options.get("flavour") != "openrouter"
+        ):
+            body["prompt_cache_key"] = request.cache_key
         if request.max_tokens is not None:
             # api.openai.com wants max_completion_tokens (reasoning models reject max_tokens);
             # most OpenAI-compatible servers only know max_tokens.
@@ -272,9 +313,12 @@ class OpenAIStreamDecoder(SSEJsonDecoder):
 
 
 def _usage(u: Mapping[str, Any]) -> Usage:
-    details = u.get("prompt_tokens_details") or {}
+    """`prompt_tokens` already counts the cached tokens (read, and OpenRouter's written ones)."""
+    details = u.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
     return Usage(
         input_tokens=int(u.get("prompt_tokens") or 0),
         output_tokens=int(u.get("completion_tokens") or 0),
-        cache_read_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        cache_read_tokens=int(details.get("cached_tokens") or 0),
+        cache_write_tokens=int(details.get("cache_write_tokens") or 0),
     )

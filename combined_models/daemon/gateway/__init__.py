@@ -1,7 +1,7 @@
 """The OpenAI- and Anthropic-compatible HTTP front door, served by the same daemon as the socket.
 
-`openai` and `anthropic` translate requests and responses without I/O, each
-behind one `FrontEnd`; `server` runs HTTP/1.1 on trio with h11; `auth` keeps
+`openai` (Chat Completions), `responses` (the Responses API) and `anthropic`
+(Messages) translate requests and responses without I/O, each behind one `FrontEnd`; `server` runs HTTP/1.1 on trio with h11; `auth` keeps
 the token and checks it. `Gateway` is imported on first use, so the token
 helpers and the sans-IO modules load no I/O library.
 """

@@ -34,6 +34,7 @@ from ...chat import (
     Usage,
 )
 from ...protocol import ModelsInfo
+from ..affinity import MAX_SESSION_ID
 from ..dialects.claude_family import MIN_THINKING_BUDGET
 from .common import (
     STATUS_BY_KIND,
@@ -55,6 +56,11 @@ from .common import (
 # ------------------------------------------------------------------ request
 
 
+class _CacheControl(msgspec.Struct):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] = "5m"
+
+
 class _Base64(msgspec.Struct, tag="base64", tag_field="type"):
     media_type: str
     data: str
@@ -71,27 +77,32 @@ class _PlainText(msgspec.Struct, tag="text", tag_field="type"):
 
 class _Text(msgspec.Struct, tag="text", tag_field="type"):
     text: str
+    cache_control: _CacheControl | None = None
 
 
 class _Image(msgspec.Struct, tag="image", tag_field="type"):
     source: _Base64 | _Url
+    cache_control: _CacheControl | None = None
 
 
 class _Document(msgspec.Struct, tag="document", tag_field="type"):
     source: _Base64 | _PlainText
     title: str | None = None
+    cache_control: _CacheControl | None = None
 
 
 class _ToolUse(msgspec.Struct, tag="tool_use", tag_field="type"):
     id: str
     name: str
     input: dict[str, Any]
+    cache_control: _CacheControl | None = None
 
 
 class _ToolResult(msgspec.Struct, tag="tool_result", tag_field="type"):
     tool_use_id: str
     content: str | list[_Text | _Image] | None = None
     is_error: bool = False
+    cache_control: _CacheControl | None = None
 
 
 class _Thinking(msgspec.Struct, tag="thinking", tag_field="type"):
@@ -107,8 +118,13 @@ _Block = _Text | _Image | _Document | _ToolUse | _ToolResult | _Thinking | _Reda
 
 
 class _Message(msgspec.Struct):
-    role: Literal["user", "assistant"]
+    # "system": Claude Code sends such turns for model names it does not know as Claude's.
+    role: Literal["user", "assistant", "system"]
     content: str | list[_Block]
+
+
+class _Metadata(msgspec.Struct):
+    user_id: str | None = None  # opaque; Claude Code's names its session
 
 
 class _ToolDef(msgspec.Struct):
@@ -117,6 +133,7 @@ class _ToolDef(msgspec.Struct):
     description: str | None = None
     # Server tools (web search, code execution...) run at Anthropic itself: nothing to fail over to.
     type: Literal["custom"] | None = None
+    cache_control: _CacheControl | None = None
 
 
 class _ToolChoice(msgspec.Struct):
@@ -143,6 +160,8 @@ class _Body(msgspec.Struct):
     tools: list[_ToolDef] | None = None
     tool_choice: _ToolChoice | None = None
     thinking: _ThinkingConfig | None = None
+    cache_control: _CacheControl | None = None  # automatic caching: a breakpoint on the last block
+    metadata: _Metadata | None = None
 
 
 _decoder = msgspec.json.Decoder(_Body)
@@ -155,33 +174,56 @@ class ParsedMessages:
     request: ChatRequest
 
 
-def _image(block: _Image) -> ImagePart:
+def _ttl(marker: _CacheControl | None) -> str | None:
+    """A `cache_control` as the neutral breakpoint (its ttl); None when there is none."""
+    return marker.ttl if marker is not None else None
+
+
+def _image(block: _Image, cache: str | None = None) -> ImagePart:
     if isinstance(block.source, _Url):
-        return ImagePart(url=block.source.url)
-    return ImagePart(media_type=block.source.media_type, data=block.source.data)
+        return ImagePart(url=block.source.url, cache=cache)
+    return ImagePart(media_type=block.source.media_type, data=block.source.data, cache=cache)
+
+
+def _tool_result(b: _ToolResult) -> list[Part]:
+    """The result, then its images: the neutral result carries text only.
+
+    A breakpoint on the result or on a block inside it goes on the result (where Bedrock,
+    which takes none inside a result, puts it too).
+    """
+    content = b.content or ""
+    if isinstance(content, str):
+        return [
+            ToolResultPart(
+                tool_call_id=b.tool_use_id, content=content, is_error=b.is_error, cache=_ttl(b.cache_control)
+            )
+        ]
+    inner = [c.cache_control for c in content if c.cache_control is not None]
+    cache = _ttl(b.cache_control or (inner[-1] if inner else None))
+    text = "".join(c.text for c in content if isinstance(c, _Text))
+    result = ToolResultPart(tool_call_id=b.tool_use_id, content=text, is_error=b.is_error, cache=cache)
+    return [result, *(_image(c) for c in content if isinstance(c, _Image))]
 
 
 def _user_parts(blocks: list[_Block], where: str) -> list[Part]:
     out: list[Part] = []
     for j, b in enumerate(blocks):
         if isinstance(b, _Text):
-            out.append(TextPart(b.text))
+            out.append(TextPart(b.text, _ttl(b.cache_control)))
         elif isinstance(b, _Image):
-            out.append(_image(b))
+            out.append(_image(b, _ttl(b.cache_control)))
         elif isinstance(b, _Document):
+            cache = _ttl(b.cache_control)
             if isinstance(b.source, _PlainText):
-                out.append(TextPart(b.source.data))
+                out.append(TextPart(b.source.data, cache))
             else:
-                out.append(DocumentPart(media_type=b.source.media_type, data=b.source.data, title=b.title))
+                out.append(
+                    DocumentPart(
+                        media_type=b.source.media_type, data=b.source.data, title=b.title, cache=cache
+                    )
+                )
         elif isinstance(b, _ToolResult):
-            content = b.content or ""
-            if isinstance(content, str):
-                out.append(ToolResultPart(tool_call_id=b.tool_use_id, content=content, is_error=b.is_error))
-            else:
-                text = "".join(c.text for c in content if isinstance(c, _Text))
-                out.append(ToolResultPart(tool_call_id=b.tool_use_id, content=text, is_error=b.is_error))
-                # The neutral result carries text only; its images follow it in the same turn.
-                out += [_image(c) for c in content if isinstance(c, _Image)]
+            out += _tool_result(b)
         else:
             raise BadRequest(
                 f"a `{b.__struct_config__.tag}` block belongs in an assistant turn", f"{where}[{j}].type"
@@ -193,9 +235,9 @@ def _assistant_parts(blocks: list[_Block], where: str) -> list[Part]:
     out: list[Part] = []
     for j, b in enumerate(blocks):
         if isinstance(b, _Text):
-            out.append(TextPart(b.text))
+            out.append(TextPart(b.text, _ttl(b.cache_control)))
         elif isinstance(b, _ToolUse):
-            out.append(ToolCallPart(b.id, b.name, b.input))
+            out.append(ToolCallPart(b.id, b.name, b.input, _ttl(b.cache_control)))
         elif isinstance(b, _Thinking):
             out.append(ThinkingPart(text=b.thinking, signature=b.signature))
         elif isinstance(b, _RedactedThinking):
@@ -226,21 +268,36 @@ def _thinking_budget(body: _Body) -> int | None:
 def to_chat_request(body: _Body) -> ChatRequest:
     """The validated body -> the neutral request. Raises BadRequest naming the field."""
     messages: list[Message] = []
+    instructions: list[str] = []  # system turns among the messages: they join the system prompt
     for i, m in enumerate(body.messages):
         where = f"messages[{i}].content"
-        if isinstance(m.content, str):
+        if m.role == "system":
+            instructions.append(_system_turn_text(m.content, where))
+        elif isinstance(m.content, str):
             messages.append(Message(m.role, m.content))
         elif m.role == "user":
             messages.append(Message("user", _user_parts(m.content, where)))
         else:
             messages.append(Message("assistant", _assistant_parts(m.content, where)))
-    system = (
-        body.system
-        if isinstance(body.system, str) or body.system is None
-        else "\n\n".join(b.text for b in body.system)
-    )
+    if not messages:
+        raise BadRequest("needs at least one user or assistant message", "messages")
+    if body.cache_control is not None:
+        _mark_last_block(messages, body.cache_control.ttl)
+    system: str | list[TextPart] | None = None
+    if isinstance(body.system, list) and any(b.cache_control for b in body.system):
+        system = [TextPart(b.text, _ttl(b.cache_control)) for b in body.system]
+        system += [TextPart(text) for text in instructions]
+    elif isinstance(body.system, list):
+        system = "\n\n".join([*(b.text for b in body.system), *instructions])
+    else:
+        system = "\n\n".join([*([body.system] if body.system else []), *instructions])
     tools = [
-        Tool(name=t.name, description=t.description or "", parameters=t.input_schema)
+        Tool(
+            name=t.name,
+            description=t.description or "",
+            parameters=t.input_schema,
+            cache=_ttl(t.cache_control),
+        )
         for t in body.tools or ()
     ]
     tool_choice: str | None = None
@@ -263,7 +320,30 @@ def to_chat_request(body: _Body) -> ChatRequest:
         tools=tools,
         tool_choice=tool_choice,
         thinking_budget=_thinking_budget(body),
+        session=body.metadata.user_id[:MAX_SESSION_ID] if body.metadata and body.metadata.user_id else None,
     )
+
+
+def _system_turn_text(content: str | list[_Block], where: str) -> str:
+    """A system turn's text; only text blocks belong in one."""
+    if isinstance(content, str):
+        return content
+    if not all(isinstance(b, _Text) for b in content):
+        raise BadRequest("a system turn may hold only text blocks", where)
+    return "\n\n".join(b.text for b in content if isinstance(b, _Text))
+
+
+def _mark_last_block(messages: list[Message], ttl: str) -> None:
+    """Automatic caching (a top-level `cache_control`): a breakpoint on the last block that takes one."""
+    if not messages:
+        return
+    last = messages[-1]
+    if isinstance(last.content, str):
+        last.content = [TextPart(last.content)]
+    for part in reversed(last.content):
+        if not isinstance(part, ThinkingPart):
+            part.cache = part.cache or ttl
+            return
 
 
 def parse_messages_request(body: bytes) -> ParsedMessages:
@@ -328,8 +408,9 @@ def stop_reason(finish_reason: str) -> str:
 
 
 def usage_object(u: Usage) -> dict[str, int]:
+    """Anthropic's usage: its `input_tokens` leaves out what the cache read or wrote (see `Usage`)."""
     return {
-        "input_tokens": u.input_tokens,
+        "input_tokens": max(0, u.input_tokens - u.cache_read_tokens - u.cache_write_tokens),
         "output_tokens": u.output_tokens,
         "cache_read_input_tokens": u.cache_read_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,

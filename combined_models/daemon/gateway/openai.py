@@ -58,8 +58,16 @@ from .common import (
 # ------------------------------------------------------------------ request
 
 
+class _CacheControl(msgspec.Struct):
+    """A cache breakpoint on a content part, as OpenRouter takes them (Anthropic's marker)."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] = "5m"
+
+
 class _TextPart(msgspec.Struct, tag="text", tag_field="type"):
     text: str
+    cache_control: _CacheControl | None = None
 
 
 class _ImageUrl(msgspec.Struct):
@@ -69,6 +77,7 @@ class _ImageUrl(msgspec.Struct):
 
 class _ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
     image_url: _ImageUrl
+    cache_control: _CacheControl | None = None
 
 
 class _File(msgspec.Struct):
@@ -79,6 +88,7 @@ class _File(msgspec.Struct):
 
 class _FilePart(msgspec.Struct, tag="file", tag_field="type"):
     file: _File
+    cache_control: _CacheControl | None = None
 
 
 class _RefusalPart(msgspec.Struct, tag="refusal", tag_field="type"):
@@ -161,6 +171,7 @@ class _Body(msgspec.Struct):
     tool_choice: Literal["none", "auto", "required"] | _ToolChoice | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     n: int | None = None
+    prompt_cache_key: str | None = None
 
 
 _decoder = msgspec.json.Decoder(_Body)
@@ -188,17 +199,30 @@ def _texts(content: str | list[_TextPart]) -> str:
     return content if isinstance(content, str) else "".join(p.text for p in content)
 
 
+def _ttl(marker: _CacheControl | None) -> str | None:
+    return marker.ttl if marker is not None else None
+
+
+def _last_mark(content: str | list[_TextPart]) -> str | None:
+    """The breakpoint of content that becomes one neutral text: its last marked part's."""
+    if isinstance(content, str):
+        return None
+    marks = [p.cache_control for p in content if p.cache_control is not None]
+    return _ttl(marks[-1]) if marks else None
+
+
 def _user_parts(parts: list[_TextPart | _ImagePart | _FilePart], where: str) -> list[Part]:
     out: list[Part] = []
     for j, p in enumerate(parts):
+        cache = _ttl(p.cache_control)
         if isinstance(p, _TextPart):
-            out.append(TextPart(p.text))
+            out.append(TextPart(p.text, cache))
         elif isinstance(p, _ImagePart):
             url = p.image_url.url
             if (data := parse_data_url(url)) is not None:
-                out.append(ImagePart(media_type=data[0], data=data[1]))
+                out.append(ImagePart(media_type=data[0], data=data[1], cache=cache))
             elif url.startswith(("http://", "https://")):
-                out.append(ImagePart(url=url))
+                out.append(ImagePart(url=url, cache=cache))
             else:
                 raise BadRequest(
                     "expected a base64 data URL or an http(s) URL", f"{where}[{j}].image_url.url"
@@ -212,7 +236,7 @@ def _user_parts(parts: list[_TextPart | _ImagePart | _FilePart], where: str) -> 
                     "expected `file_data` as a base64 data URL (file_id is not supported)",
                     f"{where}[{j}].file.file_data",
                 )
-            out.append(DocumentPart(media_type=data[0], data=data[1], title=f.filename))
+            out.append(DocumentPart(media_type=data[0], data=data[1], title=f.filename, cache=cache))
     return out
 
 
@@ -224,7 +248,7 @@ def _assistant(m: _AssistantMsg, where: str) -> Message:
         if m.content:
             parts.append(TextPart(m.content))
     elif m.content:
-        parts += [TextPart(p.text) for p in m.content if isinstance(p, _TextPart)]
+        parts += [TextPart(p.text, _ttl(p.cache_control)) for p in m.content if isinstance(p, _TextPart)]
     for k, call in enumerate(m.tool_calls or ()):
         try:
             args = decode_bounded(json.loads, (call.function.arguments or "{}").encode())
@@ -236,7 +260,7 @@ def _assistant(m: _AssistantMsg, where: str) -> Message:
                 f"{where}.tool_calls[{k}].function.arguments",
             )
         parts.append(ToolCallPart(call.id, call.function.name, args))
-    if len(parts) == 1 and isinstance(parts[0], TextPart):
+    if len(parts) == 1 and isinstance(parts[0], TextPart) and not parts[0].cache:
         return Message("assistant", parts[0].text)
     return Message("assistant", parts if parts else "")
 
@@ -245,12 +269,12 @@ def to_chat_request(body: _Body) -> ChatRequest:
     """The validated body -> the neutral request. Raises BadRequest naming the field."""
     if body.n not in (None, 1):
         raise BadRequest("only n=1 is supported", "n")
-    system: list[str] = []
+    system: list[TextPart] = []
     messages: list[Message] = []
     for i, m in enumerate(body.messages):
         where = f"messages[{i}]"
         if isinstance(m, _SystemMsg):  # developer too: it is a subclass
-            system.append(_texts(m.content))
+            system.append(TextPart(_texts(m.content), _last_mark(m.content)))
         elif isinstance(m, _UserMsg):
             if isinstance(m.content, str):
                 messages.append(Message("user", m.content))
@@ -259,7 +283,9 @@ def to_chat_request(body: _Body) -> ChatRequest:
         elif isinstance(m, _AssistantMsg):
             messages.append(_assistant(m, where))
         else:
-            result = ToolResultPart(tool_call_id=m.tool_call_id, content=_texts(m.content))
+            result = ToolResultPart(
+                tool_call_id=m.tool_call_id, content=_texts(m.content), cache=_last_mark(m.content)
+            )
             prev = messages[-1] if messages else None
             # Consecutive tool messages answer one assistant turn: one user turn of results.
             if (
@@ -291,7 +317,8 @@ def to_chat_request(body: _Body) -> ChatRequest:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     return ChatRequest(
         messages=messages,
-        system="\n\n".join(system) if system else None,
+        # Blocks only when one carries a breakpoint; else the plain text, as most providers take it.
+        system=system if any(b.cache for b in system) else "\n\n".join(b.text for b in system) or None,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -299,6 +326,7 @@ def to_chat_request(body: _Body) -> ChatRequest:
         tools=tools,
         tool_choice=tool_choice,
         thinking_budget=THINKING_BUDGETS[body.reasoning_effort] if body.reasoning_effort else None,
+        cache_key=body.prompt_cache_key or None,
     )
 
 
@@ -367,11 +395,18 @@ def _error_reply(event: ErrorEvent) -> list[Out]:
 
 
 def usage_object(u: Usage) -> dict[str, Any]:
+    """OpenAI's usage: `prompt_tokens` counts the cached tokens too, as the neutral input does.
+
+    Tokens written to a cache have no place in OpenAI's shape: they go where OpenRouter puts them.
+    """
+    details: dict[str, int] = {"cached_tokens": u.cache_read_tokens}
+    if u.cache_write_tokens:
+        details["cache_write_tokens"] = u.cache_write_tokens
     return {
         "prompt_tokens": u.input_tokens,
         "completion_tokens": u.output_tokens,
         "total_tokens": usage_total(u),
-        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
+        "prompt_tokens_details": details,
     }
 
 

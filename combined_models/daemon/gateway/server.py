@@ -32,12 +32,14 @@ import trio
 from ... import __version__
 from ...chat import ErrorEvent, ErrorKind, StreamEvent
 from ...config import LimitsConfig
+from ...limits import TooDeep, decode_bounded
 from ..accept import Door
+from ..affinity import MAX_SESSION_ID
 from ..containment import contained, run_forever
-from ..facade import DaemonFacade
-from . import anthropic, openai
+from ..facade import CountResult, DaemonFacade
+from . import anthropic, openai, responses
 from .auth import authorized, host_allowed, load_token, origin_allowed, split_listen
-from .common import BadRequest, ChatCall, FrontEnd, Head, Out, json_reply
+from .common import PROVIDER_HEADER, BadRequest, ChatCall, FrontEnd, Head, Out, json_reply, retry_after_header
 
 log = logging.getLogger("combined_models.gateway")
 
@@ -55,7 +57,9 @@ ALLOWED_METHODS = {
     "health": "GET, HEAD, OPTIONS",
     "openai_chat": "POST, OPTIONS",
     "anthropic_chat": "POST, OPTIONS",
+    "openai_responses": "POST, OPTIONS",
     "models": "GET, HEAD, OPTIONS",
+    "count_tokens": "POST, OPTIONS",
 }
 EVERY_METHOD = "GET, HEAD, POST, OPTIONS"
 # What a browser page may send, when its origin is allowed (answered in the preflight).
@@ -63,20 +67,26 @@ CORS_REQUEST_HEADERS = "authorization, content-type, x-api-key, anthropic-versio
 CORS_EXPOSED_HEADERS = "x-combined-models-provider, x-request-id, retry-after"
 
 
-FRONT_ENDS = (openai.FRONT_END, anthropic.FRONT_END)
+FRONT_ENDS = (openai.FRONT_END, anthropic.FRONT_END, responses.FRONT_END)
 CHAT_ENDPOINTS = {front.name: front for front in FRONT_ENDS}  # a chat endpoint -> the API it speaks
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"  # Anthropic's token count (`?beta=true` too)
 
 
 def endpoint_of(path: str) -> str | None:
     """The endpoint a request path names (a key of `ALLOWED_METHODS`); None when there is none."""
     if path == "/health":
         return "health"
+    if path == COUNT_TOKENS_PATH:
+        return "count_tokens"
     for front in FRONT_ENDS:
         if path in front.chat_paths:
             return front.name
     if path in ("/v1/models", "/models") or path.startswith(("/v1/models/", "/models/")):
         return "models"
     return None
+
+
+SESSION_HEADER = "x-claude-code-session-id"
 
 
 def front_end_for(path: str, headers: Mapping[str, str]) -> FrontEnd:
@@ -436,7 +446,7 @@ class Gateway:
             return await conn.answer_and_close(incoming.front.unauthorized())
         body = await conn.read_body()
         if endpoint is None:
-            message = f"no endpoint {method} {path} (try /v1/chat/completions, /v1/messages or /v1/models)"
+            message = f"no endpoint {method} {path} (try /v1/chat/completions, /v1/messages, /v1/responses or /v1/models)"
             return await conn.write(incoming.error(404, message), end=True)
         if not method_allowed(endpoint, method):
             return await self._not_allowed(conn, incoming, endpoint)
@@ -444,7 +454,9 @@ class Gateway:
             return await self._health(conn, full=True)
         if endpoint == "models":
             return await self._models(conn, incoming)
-        return await self._chat(conn, CHAT_ENDPOINTS[endpoint], body)
+        if endpoint == "count_tokens":
+            return await self._count_tokens(conn, body)
+        return await self._chat(conn, CHAT_ENDPOINTS[endpoint], body, incoming.headers)
 
     async def _not_allowed(
         self, conn: _Connection, incoming: Incoming, endpoint: str, *, close: bool = False
@@ -500,11 +512,15 @@ class Gateway:
 
     # ------------------------------------------------------------ chat
 
-    async def _chat(self, conn: _Connection, front: FrontEnd, body: bytes) -> None:
+    async def _chat(
+        self, conn: _Connection, front: FrontEnd, body: bytes, headers: Mapping[str, str]
+    ) -> None:
         try:
             call = front.parse_chat(body)
         except BadRequest as e:
             return await conn.write(front.bad_request(e), end=True)
+        if session := headers.get(SESSION_HEADER):  # the conversation's name, for session affinity
+            call.request.session = session[:MAX_SESSION_ID]
         await self._serve_chat(conn, call)
 
     async def _serve_chat(self, conn: _Connection, call: ChatCall) -> None:
@@ -553,3 +569,59 @@ class Gateway:
             conn.close_after = True
             if conn.stalled:
                 log.info("an HTTP client stopped reading its answer; the request was cancelled")
+
+    # ------------------------------------------------------------ token counts
+
+    async def _count_tokens(self, conn: _Connection, body: bytes) -> None:
+        """`POST /v1/messages/count_tokens`: a member's own count, or an honest error, never a made-up number."""
+        try:
+            parsed = anthropic.parse_messages_request(count_body(body))
+        except BadRequest as e:
+            return await conn.write(anthropic.bad_request(e), end=True)
+        if self.daemon.stopping:
+            return await conn.write(anthropic.error_response(503, "the daemon is stopping"), end=True)
+        with self.daemon.tracking():
+            result = await self.daemon.count_tokens(parsed.model, parsed.request)
+        await conn.write(count_reply(result), end=True)
+
+
+# ------------------------------------------------------------------ token counts (pure)
+
+# A count request has no max_tokens, which the Messages parser requires: this stands in
+# (room for a thinking budget; what the dialects send to count leaves it out).
+COUNT_MAX_TOKENS = 32_000
+
+
+def count_body(body: bytes) -> bytes:
+    """A count_tokens body as a Messages body: `max_tokens` added when it has none.
+
+    Anything that is not a JSON object goes on as it is, for the parser to refuse.
+    """
+    try:
+        data = decode_bounded(msgspec.json.decode, body)
+    except (msgspec.DecodeError, TooDeep):
+        return body
+    if not isinstance(data, dict) or "max_tokens" in data:
+        return body
+    thinking = data.get("thinking")
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    room = budget + 4096 if isinstance(budget, int) and budget >= COUNT_MAX_TOKENS else COUNT_MAX_TOKENS
+    return msgspec.json.encode({**data, "max_tokens": room})
+
+
+def count_reply(result: CountResult) -> list[Out]:
+    """The count as Anthropic answers it, or the reason there is none in its error envelope.
+
+    No member can count, or no such model: 404 (the client counts for itself, as it
+    would against any server without the endpoint). Members that could count failed:
+    502; they are all cooling down: 503 with the wait.
+    """
+    if result.outcome == "counted":
+        provider = result.member.partition("/")[0]
+        return json_reply(200, {"input_tokens": result.input_tokens}, [(PROVIDER_HEADER, provider)])
+    if result.outcome in ("unknown_model", "unsupported"):
+        return anthropic.error_response(404, result.message)
+    if result.outcome == "cooling":
+        out = anthropic.error_response(503, result.message)
+        return with_headers(out, retry_after_header(result.retry_after))
+    return anthropic.error_response(502, result.message)

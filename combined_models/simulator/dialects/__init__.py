@@ -10,10 +10,12 @@ from .bedrock import BedrockDialect
 from .copilot import CopilotDialect
 from .gemini import GeminiDialect
 from .openai import OpenAIDialect, OpenRouterDialect
+from .responses import ResponsesDialect
 
 DIALECTS: dict[str, Callable[[], Dialect]] = {
     "openai": OpenAIDialect,
     "openrouter": OpenRouterDialect,
+    "openai-responses": ResponsesDialect,
     "anthropic": AnthropicDialect,
     "bedrock": BedrockDialect,
     "gemini": GeminiDialect,

@@ -15,6 +15,7 @@ import msgspec
 
 from ..answer import Answer, ChatRequest, Piece, TextPiece, ThinkingPiece, ToolCallArgs, ToolCallStart
 from ..conversation import (
+    CacheUse,
     Part,
     Turn,
     build_request,
@@ -55,6 +56,14 @@ _ERRORS: dict[int, tuple[str, str]] = {
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
+MAX_BREAKPOINTS = 4
+
+
+class _CacheControl(msgspec.Struct):
+    type: str
+    ttl: str = "5m"
+
+
 class _Source(msgspec.Struct):
     type: str
     media_type: str | None = None
@@ -73,6 +82,7 @@ class _Block(msgspec.Struct):
     content: str | list[_Block] | None = None
     thinking: str | None = None
     signature: str | None = None
+    cache_control: _CacheControl | None = None
 
 
 class _Message(msgspec.Struct):
@@ -82,6 +92,7 @@ class _Message(msgspec.Struct):
 
 class _Tool(msgspec.Struct):
     name: str
+    cache_control: _CacheControl | None = None
 
 
 class _ToolChoice(msgspec.Struct):
@@ -99,6 +110,17 @@ class _Body(msgspec.Struct):
 
 
 def _part(b: _Block) -> Part | None:
+    """The block as a neutral part, with its breakpoint (one inside a tool result marks the result)."""
+    part = _plain_part(b)
+    marker = b.cache_control
+    if b.type == "tool_result" and marker is None and isinstance(b.content, list):
+        marker = next((c.cache_control for c in reversed(b.content) if c.cache_control), None)
+    if part is not None and marker is not None:
+        part["cache"] = marker.ttl
+    return part
+
+
+def _plain_part(b: _Block) -> Part | None:
     match b.type:
         case "text":
             return text_part(b.text or "")
@@ -116,6 +138,34 @@ def _part(b: _Block) -> Part | None:
         case "redacted_thinking":
             return {"type": "redacted_thinking"}
     return None  # other block kinds (documents, server tools) carry nothing the simulator reads
+
+
+def _check_cache_control(b: _Body) -> None:
+    """Claude's rules for breakpoints: valid markers, none on thinking, at most four in all."""
+    found: list[tuple[str, _CacheControl]] = []
+    found += [(f"tools.{i}", t.cache_control) for i, t in enumerate(b.tools or ()) if t.cache_control]
+    if isinstance(b.system, list):
+        found += [(f"system.{i}", x.cache_control) for i, x in enumerate(b.system) if x.cache_control]
+    for i, m in enumerate(b.messages):
+        for j, x in enumerate(m.content if isinstance(m.content, list) else ()):
+            where = f"messages.{i}.content.{j}"
+            if x.cache_control and x.type in ("thinking", "redacted_thinking"):
+                raise BadRequest(f"{where}.{x.type}.cache_control: Extra inputs are not permitted")
+            if x.cache_control:
+                found.append((where, x.cache_control))
+            inner = x.content if x.type == "tool_result" and isinstance(x.content, list) else ()
+            found += [
+                (f"{where}.content.{k}", c.cache_control) for k, c in enumerate(inner) if c.cache_control
+            ]
+    for where, marker in found:
+        if marker.type != "ephemeral":
+            raise BadRequest(f"{where}.cache_control.type: Input should be 'ephemeral'")
+        if marker.ttl not in ("5m", "1h"):
+            raise BadRequest(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+    if len(found) > MAX_BREAKPOINTS:
+        raise BadRequest(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(found)}."
+        )
 
 
 def _joined_text(blocks: Sequence[_Block]) -> str:
@@ -189,20 +239,27 @@ class AnthropicDialect(Dialect):
         last = b.messages[-1]
         if last.role == "assistant" and _last_text(last.content) != _last_text(last.content).rstrip():
             raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
+        _check_cache_control(b)
+        system_cache: dict[int, str] = {}
         if b.system is None:
             system = []
         elif isinstance(b.system, str):
             system = [b.system]
         else:
-            system = [x.text or "" for x in b.system if x.type == "text"]
+            texts = [x for x in b.system if x.type == "text"]
+            system = [x.text or "" for x in texts]
+            system_cache = {i: x.cache_control.ttl for i, x in enumerate(texts) if x.cache_control}
         no_tools = b.tool_choice is not None and b.tool_choice.type == "none"
+        tools = [] if no_tools else list(b.tools or ())
         return build_request(
             model=b.model,
             system=system,
             turns=turns,
             stream=b.stream,
-            tool_names=() if no_tools else [t.name for t in b.tools or ()],
+            tool_names=[t.name for t in tools],
             max_tokens=b.max_tokens,
+            system_cache=system_cache,
+            tool_cache={i: t.cache_control.ttl for i, t in enumerate(tools) if t.cache_control},
         )
 
     def error(
@@ -227,10 +284,11 @@ class AnthropicDialect(Dialect):
         return self.error(404, f"model: {model}", request_id=request_id)
 
     def completion(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> Reply:
-        return json_reply(200, _message(req, answer, response_id, content=_content(answer)))
+        cache = self.prompt_cache().use(req)
+        return json_reply(200, _message(req, answer, response_id, cache, content=_content(answer)))
 
     def stream(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> AnthropicStream:
-        return AnthropicStream(req, answer, response_id)
+        return AnthropicStream(req, answer, response_id, self.prompt_cache().use(req))
 
     def serve(self, route: Route, request: HttpRequest, ctx: Context) -> Reply:
         rid = request.request_id
@@ -270,16 +328,19 @@ class AnthropicDialect(Dialect):
         return {"type": "model", "id": model, "display_name": model, "created_at": _rfc3339(created)}
 
 
-def _usage(answer: Answer) -> dict[str, int]:
+def _usage(answer: Answer, cache: CacheUse) -> dict[str, int]:
+    """Anthropic's counts: `input_tokens` is only what the cache neither read nor wrote."""
     return {
-        "input_tokens": answer.prompt_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": max(0, answer.prompt_tokens - cache.read - cache.written),
+        "cache_creation_input_tokens": cache.written,
+        "cache_read_input_tokens": cache.read,
         "output_tokens": answer.completion_tokens,
     }
 
 
-def _message(req: ChatRequest, answer: Answer, response_id: str, *, content: list[Any]) -> dict[str, Any]:
+def _message(
+    req: ChatRequest, answer: Answer, response_id: str, cache: CacheUse, *, content: list[Any]
+) -> dict[str, Any]:
     return {
         "id": response_id,
         "type": "message",
@@ -288,7 +349,7 @@ def _message(req: ChatRequest, answer: Answer, response_id: str, *, content: lis
         "content": content,
         "stop_reason": STOP_REASONS[answer.finish_reason],
         "stop_sequence": None,
-        "usage": _usage(answer),
+        "usage": _usage(answer, cache),
     }
 
 
@@ -312,16 +373,17 @@ class AnthropicStream:
 
     headers: Sequence[tuple[str, str]] = SSE_HEADERS
 
-    def __init__(self, req: ChatRequest, answer: Answer, response_id: str) -> None:
+    def __init__(self, req: ChatRequest, answer: Answer, response_id: str, cache: CacheUse) -> None:
         self._req = req
         self._answer = answer
+        self._cache = cache
         self._response_id = response_id
         self._index = -1
         self._open: str | None = None  # type of the block being streamed
 
     def start(self) -> bytes:
-        message = _message(self._req, self._answer, self._response_id, content=[])
-        message |= {"stop_reason": None, "usage": _usage(self._answer) | {"output_tokens": 1}}
+        message = _message(self._req, self._answer, self._response_id, self._cache, content=[])
+        message |= {"stop_reason": None, "usage": _usage(self._answer, self._cache) | {"output_tokens": 1}}
         return _event({"type": "message_start", "message": message}) + self.keepalive()
 
     def _open_block(self, block: dict[str, Any]) -> bytes:
@@ -362,7 +424,7 @@ class AnthropicStream:
 
     def finish(self) -> bytes:
         delta = {"stop_reason": STOP_REASONS[self._answer.finish_reason], "stop_sequence": None}
-        usage = {"input_tokens": self._answer.prompt_tokens, "output_tokens": self._answer.completion_tokens}
+        usage = _usage(self._answer, self._cache)  # cumulative: the same counts again, output complete
         return (
             self._close_block()
             + _event({"type": "message_delta", "delta": delta, "usage": usage})

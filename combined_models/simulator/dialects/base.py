@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from ..answer import Answer, ChatRequest, Piece
+from ..conversation import PromptCache
 
 RouteKind = Literal["chat", "models", "model", "endpoint"]
 
@@ -111,6 +112,13 @@ class Dialect:
     request_id_header = "x-request-id"
     response_id_prefix = "resp_"
     tool_id_prefix = "call_"
+    _prompt_cache: PromptCache | None = None
+
+    def prompt_cache(self) -> PromptCache:
+        """This server's prompt cache (a dialect is made per server: see `get_dialect`)."""
+        if self._prompt_cache is None:
+            self._prompt_cache = PromptCache()
+        return self._prompt_cache
 
     def route(self, method: str, path: str, query: Mapping[str, str]) -> Route | None:
         raise NotImplementedError

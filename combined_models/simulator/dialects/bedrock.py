@@ -13,7 +13,7 @@ import base64
 import random
 import string
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -21,6 +21,7 @@ import msgspec
 from .. import eventstream
 from ..answer import Answer, ChatRequest, Piece, TextPiece, ThinkingPiece, ToolCallArgs, ToolCallStart
 from ..conversation import (
+    CacheUse,
     Part,
     Turn,
     build_request,
@@ -55,6 +56,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
 }
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+MAX_CACHE_POINTS = 4
 _PADDING = string.ascii_letters + string.digits
 
 
@@ -85,12 +87,18 @@ class _Reasoning(msgspec.Struct):
     redactedContent: str | None = None
 
 
+class _CachePoint(msgspec.Struct):
+    type: str
+    ttl: str = "5m"
+
+
 class _Block(msgspec.Struct):
     text: str | None = None
     image: _Image | None = None
     toolUse: _ToolUse | None = None
     toolResult: _ToolResult | None = None
     reasoningContent: _Reasoning | None = None
+    cachePoint: _CachePoint | None = None
 
 
 class _Message(msgspec.Struct):
@@ -100,6 +108,7 @@ class _Message(msgspec.Struct):
 
 class _SystemBlock(msgspec.Struct):
     text: str | None = None
+    cachePoint: _CachePoint | None = None
 
 
 class _InferenceConfig(msgspec.Struct):
@@ -112,6 +121,7 @@ class _ToolSpec(msgspec.Struct):
 
 class _Tool(msgspec.Struct):
     toolSpec: _ToolSpec | None = None
+    cachePoint: _CachePoint | None = None
 
 
 class _ToolConfig(msgspec.Struct):
@@ -148,6 +158,55 @@ def _part(b: _Block) -> Part | None:
     if b.reasoningContent is not None:
         return {"type": "redacted_thinking"}
     return None
+
+
+def _check_cache_points(b: _Body) -> None:
+    """Valid cachePoint blocks, none inside a toolResult, at most four."""
+    points: list[_CachePoint] = [x.cachePoint for x in b.system if x.cachePoint]
+    points += [t.cachePoint for t in (b.toolConfig.tools if b.toolConfig else []) if t.cachePoint]
+    for m in b.messages:
+        for x in m.content:
+            if x.cachePoint:
+                points.append(x.cachePoint)
+            if x.toolResult is not None and any("cachePoint" in c for c in x.toolResult.content):
+                raise BadRequest(
+                    "1 validation error detected: Value at 'messages.content.toolResult.content' failed to "
+                    "satisfy constraint: cachePoint is not a valid ToolResultContentBlock member"
+                )
+    for point in points:
+        if point.type != "default" or point.ttl not in ("5m", "1h"):
+            raise BadRequest("The cachePoint type must be 'default' and its ttl '5m' or '1h'.")
+    if len(points) > MAX_CACHE_POINTS:
+        raise BadRequest(
+            f"The number of cache points ({len(points)}) exceeds the maximum of {MAX_CACHE_POINTS}."
+        )
+
+
+def _turn_parts(blocks: Sequence[_Block], turns: list[Turn]) -> list[Part]:
+    """A message's parts; a cachePoint marks the part before it (the previous turn's last, if it leads)."""
+    parts: list[Part] = []
+    for x in blocks:
+        if x.cachePoint is not None:
+            before = parts or next((t.parts for t in reversed(turns) if t.parts), [])
+            if before:
+                before[-1]["cache"] = x.cachePoint.ttl
+            continue
+        part = _part(x)
+        if part:
+            parts.append(part)
+    return parts
+
+
+def _marked_after(blocks: Sequence[Any], keep: Callable[[Any], object]) -> tuple[list[Any], dict[int, str]]:
+    """The blocks `keep` says are content, and which of them a cachePoint follows (index -> ttl)."""
+    kept: list[Any] = []
+    marks: dict[int, str] = {}
+    for x in blocks:
+        if x.cachePoint is not None and kept:
+            marks[len(kept) - 1] = x.cachePoint.ttl
+        elif keep(x):
+            kept.append(x)
+    return kept, marks
 
 
 def base_model(model_id: str) -> str:
@@ -230,29 +289,33 @@ class BedrockDialect(Dialect):
                     f"1 validation error detected: Value '{m.role}' at 'messages.role' failed to "
                     "satisfy constraint: Member must satisfy enum value set: [user, assistant]"
                 )
-            parts = [p for p in (_part(x) for x in m.content) if p]
-            turns.append(Turn("user" if m.role == "user" else "assistant", parts))
+            turns.append(Turn("user" if m.role == "user" else "assistant", _turn_parts(m.content, turns)))
         uses_tools = any(x.toolUse or x.toolResult for m in b.messages for x in m.content)
         if uses_tools and b.toolConfig is None:
             raise BadRequest(
                 "The toolConfig field must be defined when using toolUse and toolResult content blocks."
             )
+        _check_cache_points(b)
         last = b.messages[-1]
-        tail = last.content[-1].text if last.content else None
+        content = [x for x in last.content if x.cachePoint is None]
+        tail = content[-1].text if content else None
         if last.role == "assistant" and tail is not None and tail != tail.rstrip():
             # Claude behind Converse keeps the Messages API's prefill rule.
             raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
         limit = b.inferenceConfig.maxTokens if b.inferenceConfig else None
         if limit is not None and limit < 1:
             raise BadRequest("The maximum tokens you requested exceeds the model limit or is below 1.")
-        tools = [t.toolSpec.name for t in (b.toolConfig.tools if b.toolConfig else []) if t.toolSpec]
+        tools, tool_cache = _marked_after(b.toolConfig.tools if b.toolConfig else [], lambda t: t.toolSpec)
+        system, system_cache = _marked_after(b.system, lambda x: x.text)
         return build_request(
             model=route.model or "",
-            system=[s.text for s in b.system if s.text],
+            system=[x.text for x in system],
             turns=turns,
             stream=bool(route.stream),
-            tool_names=tools,
+            tool_names=[t.toolSpec.name for t in tools],
             max_tokens=limit,
+            system_cache=system_cache,
+            tool_cache=tool_cache,
         )
 
     def error(
@@ -294,13 +357,13 @@ class BedrockDialect(Dialect):
             {
                 "output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": STOP_REASONS[answer.finish_reason],
-                "usage": _usage(answer),
+                "usage": _usage(answer, self.prompt_cache().use(req)),
                 "metrics": {"latencyMs": 1},
             },
         )
 
     def stream(self, req: ChatRequest, answer: Answer, *, response_id: str, created: int) -> BedrockStream:
-        return BedrockStream(answer, random.Random(response_id))
+        return BedrockStream(answer, random.Random(response_id), self.prompt_cache().use(req))
 
     def serve(self, route: Route, request: HttpRequest, ctx: Context) -> Reply:
         bases = list(dict.fromkeys(base_model(m) for m in ctx.models))
@@ -356,12 +419,15 @@ def _profile(profile_id: str) -> dict[str, Any]:
     }
 
 
-def _usage(answer: Answer) -> dict[str, int]:
-    return {
-        "inputTokens": answer.prompt_tokens,
+def _usage(answer: Answer, cache: CacheUse) -> dict[str, int]:
+    """`inputTokens` leaves out what the cache read or wrote; `totalTokens` sums all four."""
+    usage = {
+        "inputTokens": max(0, answer.prompt_tokens - cache.read - cache.written),
         "outputTokens": answer.completion_tokens,
-        "totalTokens": answer.prompt_tokens + answer.completion_tokens,
     }
+    if cache.marked:
+        usage |= {"cacheReadInputTokens": cache.read, "cacheWriteInputTokens": cache.written}
+    return usage | {"totalTokens": sum(usage.values())}
 
 
 def _lower_camel(name: str) -> str:
@@ -374,9 +440,10 @@ class BedrockStream:
 
     headers: Sequence[tuple[str, str]] = (("content-type", "application/vnd.amazon.eventstream"),)
 
-    def __init__(self, answer: Answer, rng: random.Random) -> None:
+    def __init__(self, answer: Answer, rng: random.Random, cache: CacheUse) -> None:
         self._answer = answer
         self._rng = rng
+        self._cache = cache
         self._index = -1
         self._open: str | None = None  # "reasoning", "text" or "tool"
 
@@ -427,7 +494,9 @@ class BedrockStream:
         return (
             self._close()
             + self._event("messageStop", {"stopReason": STOP_REASONS[self._answer.finish_reason]})
-            + self._event("metadata", {"usage": _usage(self._answer), "metrics": {"latencyMs": 1}})
+            + self._event(
+                "metadata", {"usage": _usage(self._answer, self._cache), "metrics": {"latencyMs": 1}}
+            )
         )
 
     def keepalive(self) -> bytes:

@@ -13,6 +13,7 @@ import msgspec
 
 from ..answer import Answer, ChatRequest, Piece, TextPiece, ThinkingPiece, ToolCallArgs, ToolCallStart
 from ..conversation import (
+    CacheUse,
     Part,
     Turn,
     build_request,
@@ -65,14 +66,24 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+# OpenAI caches prompts of at least this many tokens on its own (§10.3).
+AUTOMATIC_CACHE_MIN = 1024
+
+
 class _ImageUrl(msgspec.Struct):
     url: str
+
+
+class _CacheControl(msgspec.Struct):
+    type: str
+    ttl: str = "5m"
 
 
 class _Part(msgspec.Struct):
     type: str
     text: str | None = None
     image_url: _ImageUrl | None = None
+    cache_control: _CacheControl | None = None  # OpenRouter's breakpoint (for Claude)
 
 
 class _FunctionCall(msgspec.Struct):
@@ -129,6 +140,17 @@ def _text_of(content: str | list[_Part] | None) -> str:
     return "".join(p.text or "" for p in content if p.type == "text")
 
 
+def _last_mark(content: str | list[_Part] | None) -> str | None:
+    marks = [p.cache_control.ttl for p in content or () if not isinstance(p, str) and p.cache_control]
+    return marks[-1] if marks else None
+
+
+def _marked(part: Part, marker: _CacheControl | None) -> Part:
+    if marker is not None:
+        part["cache"] = marker.ttl
+    return part
+
+
 def _parts_of(content: str | list[_Part] | None) -> list[Part]:
     if content is None:
         return []
@@ -137,15 +159,18 @@ def _parts_of(content: str | list[_Part] | None) -> list[Part]:
     parts: list[Part] = []
     for p in content:
         if p.type == "text":
-            parts.append(text_part(p.text or ""))
+            parts.append(_marked(text_part(p.text or ""), p.cache_control))
         elif p.type == "image_url" and p.image_url is not None:
-            parts.append(image_url_part(p.image_url.url))
+            parts.append(_marked(image_url_part(p.image_url.url), p.cache_control))
     return parts
 
 
 def _turn(m: _Msg) -> Turn:
     if m.role in ("tool", "function"):
-        return Turn("user", [tool_result_part(m.tool_call_id, _text_of(m.content))])
+        part = tool_result_part(m.tool_call_id, _text_of(m.content))
+        if (ttl := _last_mark(m.content)) is not None:
+            part["cache"] = ttl
+        return Turn("user", [part])
     if m.role == "user":
         return Turn("user", _parts_of(m.content))
     parts = [thinking_part(m.reasoning_content, None)] if m.reasoning_content else []
@@ -162,6 +187,7 @@ class OpenAIDialect(Dialect):
     base_path = "/v1"
     response_id_prefix = "chatcmpl-"
     tool_id_prefix = "call_"
+    explicit_caching = False  # OpenAI caches on its own; a `cache_control` is refused here
 
     def route(self, method: str, path: str, query: Mapping[str, str]) -> Route | None:
         base = self.base_path
@@ -186,11 +212,19 @@ class OpenAIDialect(Dialect):
     def parse_chat(self, route: Route, body: bytes) -> ChatRequest:
         b: _Body = decode_json(body, _Body)
         system: list[str] = []
+        system_cache: dict[int, str] = {}
         turns: list[Turn] = []
-        for m in b.messages:
+        for i, m in enumerate(b.messages):
             if m.role not in _ROLES:
                 raise BadRequest(f"Invalid value for 'messages[].role': {m.role!r}.")
+            marked = isinstance(m.content, list) and any(p.cache_control for p in m.content)
+            if marked and not self.explicit_caching:
+                raise BadRequest(
+                    f"Unrecognized request argument supplied: messages[{i}].content[].cache_control"
+                )
             if m.role in ("system", "developer"):
+                if (ttl := _last_mark(m.content)) is not None:
+                    system_cache[len(system)] = ttl
                 system.append(_text_of(m.content))
             else:
                 turns.append(_turn(m))
@@ -208,6 +242,7 @@ class OpenAIDialect(Dialect):
             tool_names=tools,
             max_tokens=limit,
             include_usage=bool(b.stream_options and b.stream_options.include_usage),
+            system_cache=system_cache,
         )
 
     def error_body(self, status: int, message: str | None, code: str | None) -> dict[str, Any]:
@@ -255,7 +290,7 @@ class OpenAIDialect(Dialect):
                 "choices": [
                     {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
                 ],
-                "usage": _usage(answer),
+                "usage": _usage(answer, self.cache_use(req), writes=self.explicit_caching),
                 "system_fingerprint": None,
             },
         )
@@ -278,6 +313,10 @@ class OpenAIDialect(Dialect):
     def _model_entry(self, model: str, created: int) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": created, "owned_by": "simulator"}
 
+    def cache_use(self, req: ChatRequest) -> CacheUse:
+        """Breakpoints where the request has them (OpenRouter), else OpenAI's automatic caching."""
+        return self.prompt_cache().use(req, automatic=AUTOMATIC_CACHE_MIN)
+
     # Hooks the OpenRouter flavour overrides.
 
     def chunk_extra(self) -> dict[str, Any]:
@@ -290,12 +329,22 @@ class OpenAIDialect(Dialect):
         return {"error": {"message": message, "type": "server_error", "param": None, "code": code or None}}
 
 
-def _usage(answer: Answer) -> dict[str, int]:
-    return {
+def _usage(answer: Answer, cache: CacheUse, *, writes: bool) -> dict[str, Any]:
+    """`prompt_tokens` counts the cached tokens too; the details only when the cache was used.
+
+    `writes`: tokens written to the cache are reported (OpenRouter's `cache_write_tokens`).
+    """
+    usage: dict[str, Any] = {
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "total_tokens": answer.prompt_tokens + answer.completion_tokens,
     }
+    if cache.read or (writes and cache.written):
+        details = {"cached_tokens": cache.read}
+        if writes and cache.written:
+            details["cache_write_tokens"] = cache.written
+        usage["prompt_tokens_details"] = details
+    return usage
 
 
 class OpenAIStream:
@@ -309,6 +358,7 @@ class OpenAIStream:
         self._dialect = dialect
         self._answer = answer
         self._usage = req.include_usage or dialect.always_usage()
+        self._cache = dialect.cache_use(req)
         self._base: dict[str, Any] = {
             "id": response_id,
             "object": "chat.completion.chunk",
@@ -346,7 +396,8 @@ class OpenAIStream:
     def finish(self) -> bytes:
         out = self._chunk({}, self._answer.finish_reason)
         if self._usage:
-            out += sse(self._base | {"choices": [], "usage": _usage(self._answer)})
+            usage = _usage(self._answer, self._cache, writes=self._dialect.explicit_caching)
+            out += sse(self._base | {"choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
 
     def keepalive(self) -> bytes:
@@ -374,6 +425,7 @@ class OpenRouterDialect(OpenAIDialect):
     name = "openrouter"
     base_path = "/api/v1"
     keepalive_interval: float | None = 0.5
+    explicit_caching = True  # `cache_control` on content parts, for Claude
 
     def error_body(self, status: int, message: str | None, code: str | None) -> dict[str, Any]:
         text = super().error_body(status, message, code)["error"]["message"]
