@@ -27,7 +27,7 @@ import trio
 from ._http import HttpConnection
 from .dialects.base import Context, Dialect, HttpRequest, Reply, Route, json_reply
 from .dialects.bedrock import base_model
-from .faults import STREAM_ONLY_KINDS, Fault, FaultQueue
+from .faults import STREAM_ONLY_KINDS, Fault, FaultQueue, status_reply
 
 COUNTED = "count_tokens"  # the key in `endpoint_requests`
 # Strings that are no prompt text: names of things, formats, opaque data.
@@ -180,7 +180,7 @@ class CountEndpoint:
             else:
                 await trio.sleep_forever()  # until the client goes away
         if fault is not None and fault.kind == "status":
-            reply = self._fault_reply(fault, http.request_id)
+            reply = status_reply(self.dialect, fault, http.request_id)
         else:
             reply = self._count(route, http, decoded, ctx, record)
         record.status = reply.status
@@ -212,21 +212,6 @@ class CountEndpoint:
         if d.name == "gemini":
             answer["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": tokens}]
         return json_reply(200, answer)
-
-    def _fault_reply(self, fault: Fault, request_id: str) -> Reply:
-        if fault.body is not None:
-            base = Reply(fault.status, [("content-type", "application/json")], fault.body.encode())
-        else:
-            base = self.dialect.error(
-                fault.status,
-                fault.message or None,
-                code=fault.code or None,
-                wait=fault.seconds or None,
-                request_id=request_id,
-            )
-        overridden = {k.lower() for k in fault.headers}
-        headers = [(k, v) for k, v in base.headers if k.lower() not in overridden]
-        return Reply(base.status, [*headers, *fault.headers.items()], base.body)
 
     def _control(self, method: str, path: str, body: bytes) -> Reply:
         """`POST /_sim/count-faults` (as `/_sim/faults`), `GET /_sim/counts` (the records)."""

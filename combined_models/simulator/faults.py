@@ -7,6 +7,8 @@ from typing import Literal, get_args
 
 import msgspec
 
+from .dialects.base import Dialect, Reply
+
 FaultKind = Literal[
     "status",
     "reset_before_headers",
@@ -110,3 +112,20 @@ class FaultQueue:
         elif left > 1:
             self._queue[0] = (fault, left - 1)
         return fault  # left == -1: stays until cleared
+
+
+def status_reply(dialect: Dialect, fault: Fault, request_id: str) -> Reply:
+    """A `status` fault's answer: its own body, else the dialect's error for its status; its headers win."""
+    if fault.body is not None:
+        base = Reply(fault.status, [("content-type", "application/json")], fault.body.encode())
+    else:
+        base = dialect.error(
+            fault.status,
+            fault.message or None,
+            code=fault.code or None,
+            wait=fault.seconds or None,
+            request_id=request_id,
+        )
+    overridden = {k.lower() for k in fault.headers}
+    headers = [(k, v) for k, v in base.headers if k.lower() not in overridden]
+    return Reply(base.status, [*headers, *fault.headers.items()], base.body)

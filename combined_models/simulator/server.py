@@ -18,7 +18,7 @@ from .answer import DEFAULT_TEXT, Answer, Piece, plan_answer
 from .counting import CountEndpoint
 from .dialects import BadRequest, Reply, Route, StreamEncoder, get_dialect
 from .dialects.base import Context, HttpRequest, json_reply
-from .faults import PREFILL_REJECTED, STREAM_ONLY_KINDS, Fault, FaultQueue
+from .faults import PREFILL_REJECTED, STREAM_ONLY_KINDS, Fault, FaultQueue, status_reply
 
 Outcome = Literal[
     "pending",  # still being answered
@@ -367,21 +367,6 @@ class Simulator:
                 self._completed -= 1
             raise
 
-    def _status_reply(self, fault: Fault, request_id: str) -> Reply:
-        if fault.body is not None:
-            base = Reply(fault.status, [("content-type", "application/json")], fault.body.encode())
-        else:
-            base = self.dialect.error(
-                fault.status,
-                fault.message or None,
-                code=fault.code or None,
-                wait=fault.seconds or None,
-                request_id=request_id,
-            )
-        overridden = {k.lower() for k in fault.headers}
-        headers = [(k, v) for k, v in base.headers if k.lower() not in overridden]
-        return Reply(base.status, [*headers, *fault.headers.items()], base.body)
-
     async def _answer(
         self,
         conn: HttpConnection,
@@ -393,7 +378,7 @@ class Simulator:
         dialect, rid = self.dialect, record.request_id
         if fault is not None:  # faults that strike before the request is even looked at
             if fault.kind == "status":
-                return await self._reply(conn, record, self._status_reply(fault, rid))
+                return await self._reply(conn, record, status_reply(self.dialect, fault, rid))
             if fault.kind == "reset_before_headers":
                 raise ResetConnection
             if fault.kind == "stall_before":

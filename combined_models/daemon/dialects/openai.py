@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -183,26 +183,49 @@ class OpenAIDialect:
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> UpstreamError:
-        err = error_object(body)
-        message = str(err.get("message") or body.decode("utf-8", "replace") or f"HTTP {status}")
-        kind = _classify(status, err, message)
-        retry = retry_after_from_headers(headers, now)
-        if retry is None and kind in (Failure.RATE_LIMITED, Failure.QUOTA_EXHAUSTED):
-            retry = retry_after_from_text(message)
-        return UpstreamError(kind, f"HTTP {status}: {short(message)}", status=status, retry_after=retry)
+        return openai_error(_classify, status, headers, body, now)
 
     def build_list_models(
         self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
     ) -> HttpRequest:
-        headers = {"accept": "application/json", **endpoint.headers}
-        if endpoint.api_key:
-            headers["authorization"] = f"Bearer {endpoint.api_key}"
-        return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
+        return list_models_request(endpoint)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = loads_json(body)
-        items = data.get("data", []) if isinstance(data, dict) else []
-        return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
+        return parse_model_ids(body)
+
+
+# What OpenAI's two APIs (Chat Completions, Responses) share: the error body, the model list.
+
+
+def openai_error(
+    classify: Callable[[int, Mapping[str, Any], str], Failure],
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: datetime,
+) -> UpstreamError:
+    """An HTTP error in OpenAI's shape, classified by the API's own rules; the wait from the headers,
+    else from the message ("try again in 20s")."""
+    err = error_object(body)
+    message = str(err.get("message") or body.decode("utf-8", "replace") or f"HTTP {status}")
+    kind = classify(status, err, message)
+    retry = retry_after_from_headers(headers, now)
+    if retry is None and kind in (Failure.RATE_LIMITED, Failure.QUOTA_EXHAUSTED):
+        retry = retry_after_from_text(message)
+    return UpstreamError(kind, f"HTTP {status}: {short(message)}", status=status, retry_after=retry)
+
+
+def list_models_request(endpoint: Endpoint) -> HttpRequest:
+    headers = {"accept": "application/json", **endpoint.headers}
+    if endpoint.api_key:
+        headers["authorization"] = f"Bearer {endpoint.api_key}"
+    return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
+
+
+def parse_model_ids(body: bytes) -> tuple[list[str], str | None]:
+    data = loads_json(body)
+    items = data.get("data", []) if isinstance(data, dict) else []
+    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
 
 
 def _classify(status: int, err: Mapping[str, Any], message: str) -> Failure:

@@ -36,21 +36,19 @@ from ..errors import (
     Failure,
     UpstreamError,
     classify_status,
-    retry_after_from_headers,
     retry_after_from_text,
 )
 from .base import (
     Endpoint,
     HttpRequest,
     SSEJsonDecoder,
-    error_object,
     event_object,
     inband_error,
     join_url,
     json_body,
     loads_json,
-    short,
 )
+from .openai import list_models_request, openai_error, parse_model_ids
 from .sse import SSEEvent
 
 # The smallest `max_output_tokens` the API takes; a smaller cap (a continuation's rest) is raised to it.
@@ -180,26 +178,15 @@ class OpenAIResponsesDialect:
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> UpstreamError:
-        err = error_object(body)
-        message = str(err.get("message") or body.decode("utf-8", "replace") or f"HTTP {status}")
-        kind = classify(status, err, message)
-        retry = retry_after_from_headers(headers, now)
-        if retry is None and kind in (Failure.RATE_LIMITED, Failure.QUOTA_EXHAUSTED):
-            retry = retry_after_from_text(message)
-        return UpstreamError(kind, f"HTTP {status}: {short(message)}", status=status, retry_after=retry)
+        return openai_error(classify, status, headers, body, now)
 
     def build_list_models(
         self, endpoint: Endpoint, now: datetime | None = None, cursor: str | None = None
     ) -> HttpRequest:
-        headers = {"accept": "application/json", **endpoint.headers}
-        if endpoint.api_key:
-            headers["authorization"] = f"Bearer {endpoint.api_key}"
-        return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
+        return list_models_request(endpoint)
 
     def parse_models(self, body: bytes, cursor: str | None = None) -> tuple[list[str], str | None]:
-        data = loads_json(body)
-        items = data.get("data", []) if isinstance(data, dict) else []
-        return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m], None  # not paginated
+        return parse_model_ids(body)
 
 
 def classify(status: int, err: Mapping[str, Any], message: str) -> Failure:
