@@ -39,6 +39,8 @@ class Capabilities:
     images: bool = True
     thinking: bool = False
     context_window: int | None = None  # tokens; None when unknown
+    # Anthropic's server tools (web search...), which the provider runs inside its answer.
+    server_tools: bool = False
 
 
 def _claude_version(model: str) -> tuple[int, int] | None:
@@ -65,6 +67,8 @@ def default_capabilities(api: str, model: str, *, flavour: str = "") -> Capabili
         images=not _TEXT_ONLY.search(low),
         thinking=bool(_THINKING.search(low)),
         context_window=window,
+        # Only the Anthropic API runs them; Bedrock's Converse has no place for them (§12).
+        server_tools=api == "anthropic",
     )
 
 

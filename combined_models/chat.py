@@ -48,10 +48,36 @@ class ToolCallPart(msgspec.Struct, tag="tool_call", tag_field="type"):
 
 
 class ToolResultPart(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True):
+    """A tool's answer: plain text, or text and image blocks (a screenshot, a rendered chart).
+
+    A breakpoint goes on the result, never on a block inside it (Bedrock takes none there).
+    """
+
     tool_call_id: str
-    content: str
+    content: str | list[TextPart | ImagePart]
     is_error: bool = False
     cache: str | None = None
+
+    def text(self) -> str:
+        """The result's text (its text blocks joined), for APIs whose results hold text only."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(b.text for b in self.content if isinstance(b, TextPart))
+
+    def images(self) -> list[ImagePart]:
+        """The images inside the result."""
+        if isinstance(self.content, str):
+            return []
+        return [b for b in self.content if isinstance(b, ImagePart)]
+
+
+def result_content(blocks: list[TextPart | ImagePart]) -> str | list[TextPart | ImagePart]:
+    """A tool result's content from its blocks: one text block (or none) is plain text, as APIs read it."""
+    if not blocks:
+        return ""
+    if len(blocks) == 1 and isinstance(blocks[0], TextPart):
+        return blocks[0].text
+    return blocks
 
 
 class ThinkingPart(msgspec.Struct, tag="thinking", tag_field="type", kw_only=True):
@@ -103,6 +129,15 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     session: str | None = None
     # Routes requests that share a prompt prefix to one cache (OpenAI's `prompt_cache_key`).
     cache_key: str | None = None
+    top_k: int | None = None  # sample from the k likeliest tokens (Claude, Gemini); dropped elsewhere
+    # What only the Anthropic API expresses, carried to Anthropic members as it came.
+    # Beta flags and `context_management` are hints: other members serve the request without
+    # them. Server tools (`web_search_20250305`...) run at Anthropic itself: a member that
+    # cannot run them is skipped (see `continuation.unsupported`).
+    anthropic_beta: list[str] = msgspec.field(default_factory=list)
+    context_management: dict[str, Any] | None = None  # opaque
+    server_tools: list[dict[str, Any]] = msgspec.field(default_factory=list)  # opaque tool entries
+    metadata: dict[str, str] | None = None  # Anthropic's `metadata` (`user_id`)
 
     def system_text(self) -> str:
         """The system prompt as plain text ("" when none); blocks are joined by a blank line."""

@@ -58,13 +58,21 @@ def decode_bounded(decode: Callable[[bytes], T], data: bytes) -> T:
 
 
 def check_request(request: ChatRequest, limit: int = MAX_DEPTH) -> None:
-    """Raise `TooDeep` when a free-form part of `request` (tool schemas, tool-call arguments) nests too deep.
+    """Raise `TooDeep` when a free-form part of `request` nests too deep.
+
+    Those are tool schemas, tool-call arguments, and the opaque Anthropic-only entries
+    (server tools, `context_management`).
 
     Everything else in a request has a fixed shape, so these are the only places depth can hide.
     """
     for i, tool in enumerate(request.tools):
         if too_deep(tool.parameters, limit):
             raise TooDeep(f"tools[{i}].parameters", limit)
+    for i, entry in enumerate(request.server_tools):
+        if too_deep(entry, limit):
+            raise TooDeep(f"server_tools[{i}]", limit)
+    if request.context_management is not None and too_deep(request.context_management, limit):
+        raise TooDeep("context_management", limit)
     for i, message in enumerate(request.messages):
         if isinstance(message.content, str):
             continue

@@ -307,8 +307,10 @@ def test_anthropic_request_becomes_the_neutral_request() -> None:
             Message(
                 "user",
                 [
-                    ToolResultPart(tool_call_id="toolu_1", content="sunny"),
-                    ImagePart(media_type="image/png", data=PNG),
+                    ToolResultPart(  # its blocks kept, the image inside the result
+                        tool_call_id="toolu_1",
+                        content=[TextPart("sunny"), ImagePart(media_type="image/png", data=PNG)],
+                    ),
                     ToolResultPart(tool_call_id="toolu_2", content="boom", is_error=True),
                 ],
             ),
@@ -322,6 +324,7 @@ def test_anthropic_request_becomes_the_neutral_request() -> None:
         tool_choice="auto",
         thinking_budget=2048,
         session="u",  # metadata.user_id names the conversation, for session affinity
+        metadata={"user_id": "u"},  # and travels on to Anthropic members
     )
 
 
@@ -355,10 +358,9 @@ def _claude(content: Any, **extra: Any) -> dict[str, Any]:
         (_claude([{"type": "tool_use", "id": "t", "name": "n", "input": {}}]), "messages[0].content[0].type"),
         (_claude([{"type": "tool_result"}]), "messages[0].content[0].tool_use_id"),
         (_claude("x", temperature=1.5), "temperature"),
-        (
-            _claude("x", tools=[{"type": "web_search_20250305", "name": "web_search", "input_schema": {}}]),
-            "tools[0].type",
-        ),
+        (_claude("x", tools=[{"type": "web_search_20250305"}]), "tools[0].name"),  # a server tool
+        (_claude("x", tools=[{"name": "w"}]), "tools[0].input_schema"),
+        (_claude("x", tools=[{"name": "w", "input_schema": []}]), "tools[0].input_schema"),
         (_claude("x", tool_choice={"type": "tool"}), "tool_choice.name"),
         (_claude("x", thinking={"type": "enabled"}), "thinking.budget_tokens"),
         (_claude("x", thinking={"type": "enabled", "budget_tokens": 100}), "thinking.budget_tokens"),

@@ -530,8 +530,12 @@ def test_anthropic_front_door_reads_every_breakpoint() -> None:
             "user",
             [
                 ToolResultPart(tool_call_id="t1", content="r1", cache="5m"),
-                ToolResultPart(tool_call_id="t2", content="r2", cache="1h"),
-                ImagePart(media_type="image/png", data="QUJD"),
+                # The image was inside the second result: it stays there, under the result's breakpoint.
+                ToolResultPart(
+                    tool_call_id="t2",
+                    content=[TextPart("r2"), ImagePart(media_type="image/png", data="QUJD")],
+                    cache="1h",
+                ),
             ],
         ),
     ]

@@ -7,7 +7,7 @@ import math
 import msgspec
 
 from ..capabilities import Capabilities
-from ..chat import ChatRequest, DocumentPart, ImagePart, Message
+from ..chat import ChatRequest, DocumentPart, ImagePart, Message, Part, ToolResultPart
 from .errors import Failure
 
 CONTINUE_INSTRUCTION = (
@@ -32,9 +32,16 @@ def prompt_tokens(request: ChatRequest) -> int:
         for p in m.content:
             if isinstance(p, ImagePart | DocumentPart):
                 images += 1
+            elif isinstance(p, ToolResultPart) and not isinstance(p.content, str):
+                images += len(p.images())
+                chars += len(p.text()) + 50
             else:
                 chars += len(msgspec.json.encode(p))
     return math.ceil(chars / 4) + 1500 * images
+
+
+def _has_image(p: Part) -> bool:
+    return isinstance(p, ImagePart) or (isinstance(p, ToolResultPart) and bool(p.images()))
 
 
 def unsupported(request: ChatRequest, caps: Capabilities) -> tuple[Failure, str] | None:
@@ -42,8 +49,11 @@ def unsupported(request: ChatRequest, caps: Capabilities) -> tuple[Failure, str]
     parts = [p for m in request.messages if not isinstance(m.content, str) for p in m.content]
     if request.tools and not caps.tools:
         return Failure.UNSUPPORTED, "this model does not support tools"
-    if any(isinstance(p, ImagePart) for p in parts) and not caps.images:
+    if any(map(_has_image, parts)) and not caps.images:
         return Failure.UNSUPPORTED, "this model does not accept images"
+    if request.server_tools and not caps.server_tools:
+        names = ", ".join(dict.fromkeys(str(t.get("name") or t.get("type")) for t in request.server_tools))
+        return Failure.UNSUPPORTED, f"server tools ({names}) run only at Anthropic"
     if caps.context_window is not None and prompt_tokens(request) > caps.context_window:
         window = f"the prompt is longer than this model's {caps.context_window}-token window"
         return Failure.CONTEXT_TOO_LONG, window

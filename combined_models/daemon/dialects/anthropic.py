@@ -54,7 +54,7 @@ API_VERSION = "2023-06-01"
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "pause_turn": "stop",
+    "pause_turn": "stop",  # a server tool's long turn paused: an answer, not an error
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
@@ -117,12 +117,7 @@ def _plain_block(part: Part) -> dict[str, Any] | None:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
-        if part.url:
-            return {"type": "image", "source": {"type": "url", "url": part.url}}
-        return {
-            "type": "image",
-            "source": {"type": "base64", "media_type": part.media_type, "data": part.data},
-        }
+        return _image(part)
     if isinstance(part, DocumentPart):
         doc: dict[str, Any] = {
             "type": "document",
@@ -135,8 +130,17 @@ def _plain_block(part: Part) -> dict[str, Any] | None:
         return {"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments}
     if isinstance(part, ToolResultPart):
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
-        if part.content:
-            result["content"] = part.content
+        if isinstance(part.content, str):
+            if part.content:
+                result["content"] = part.content
+        else:  # text and image blocks, as the client sent them (breakpoints are on the result)
+            blocks = [
+                _image(b) if isinstance(b, ImagePart) else {"type": "text", "text": b.text}
+                for b in part.content
+                if isinstance(b, ImagePart) or b.text
+            ]
+            if blocks:
+                result["content"] = blocks
         if part.is_error:
             result["is_error"] = True
         return result
@@ -145,6 +149,12 @@ def _plain_block(part: Part) -> dict[str, Any] | None:
             return {"type": "thinking", "thinking": part.text, "signature": part.signature}
         return None
     assert_never(part)
+
+
+def _image(part: ImagePart) -> dict[str, Any]:
+    if part.url:
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": part.media_type, "data": part.data}}
 
 
 def _blocks(msg: Message) -> list[dict[str, Any]]:
@@ -185,6 +195,7 @@ def _system(request: ChatRequest) -> str | list[dict[str, Any]] | None:
 
 
 def _tools(request: ChatRequest) -> list[dict[str, Any]]:
+    """The function tools, then the server tools (web search...) as the client wrote them."""
     tools = []
     for t in request.tools:
         tool: dict[str, Any] = {"name": t.name, "input_schema": t.parameters}
@@ -193,7 +204,17 @@ def _tools(request: ChatRequest) -> list[dict[str, Any]]:
         if t.cache:
             tool["cache_control"] = cache_control(t.cache)
         tools.append(tool)
-    return tools
+    return [*tools, *(dict(t) for t in request.server_tools)]
+
+
+def _beta(configured: str, asked: list[str]) -> str:
+    """The `anthropic-beta` header: the provider's own flags, then the client's, each once."""
+    flags: list[str] = []
+    for flag in [*configured.split(","), *asked]:
+        flag = flag.strip()
+        if flag and flag not in flags:
+            flags.append(flag)
+    return ",".join(flags)
 
 
 def _thinking_allowed(messages: list[dict[str, Any]]) -> bool:
@@ -279,14 +300,24 @@ class AnthropicDialect:
                 body["temperature"] = unit_temperature(request.temperature)
             if request.top_p is not None:
                 body["top_p"] = request.top_p
+            if request.top_k is not None:
+                body["top_k"] = request.top_k
         if request.stop:
             body["stop_sequences"] = request.stop
+        if request.context_management is not None:
+            body["context_management"] = request.context_management
+        if request.metadata:
+            body["metadata"] = request.metadata
         if tools:
             body["tools"] = tools
             if request.tool_choice:
                 body["tool_choice"] = _tool_choice(request.tool_choice, budget is not None)
         url = join_url(_api_base(endpoint.base_url), "v1/messages")
-        return HttpRequest("POST", url, _headers(endpoint, "text/event-stream"), json_body(body))
+        headers = _headers(endpoint, "text/event-stream")
+        beta = _beta(headers.get("anthropic-beta", ""), request.anthropic_beta)
+        if beta:
+            headers["anthropic-beta"] = beta
+        return HttpRequest("POST", url, headers, json_body(body))
 
     def stream_decoder(self) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder()
@@ -386,6 +417,9 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
         }
         self._stop_reason: str | None = None
         self._tools: dict[int, StreamedToolUse] = {}
+        # Blocks of server tools' calls (`server_tool_use`): their input streams like a tool call's,
+        # but they ran at Anthropic and are not the client's to run.
+        self._server_calls: set[int] = set()
 
     def _on_event(self, event: SSEEvent) -> list[DecodedItem]:
         return self._event(event.event, event.data)
@@ -457,11 +491,15 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
             self._tools[index] = StreamedToolUse(
                 _text(block, "id"), _text(block, "name"), initial if isinstance(initial, dict) else {}
             )
+        elif kind == "server_tool_use":
+            self._server_calls.add(index)
         elif kind == "text" and block.get("text"):
             return [TextEvent(_text(block, "text"))]
         elif kind == "thinking" and block.get("thinking"):
             return [ThinkingEvent(_text(block, "thinking"))]
-        # redacted_thinking has nothing to show and no neutral part to travel back in.
+        # redacted_thinking has nothing to show and no neutral part to travel back in; nor have a
+        # server tool's call and result (`server_tool_use`, `web_search_tool_result`), which ran at
+        # Anthropic: the text that follows them carries the answer.
         return []
 
     def _delta(self, index: int, delta: Mapping[str, Any]) -> list[DecodedItem]:
@@ -474,6 +512,6 @@ class AnthropicStreamDecoder(SSEJsonDecoder):
             return [ThinkingEvent(text)] if text else []
         if kind == "signature_delta":
             return [ThinkingEvent("", signature=_text(delta, "signature"))]
-        if kind == "input_json_delta":
+        if kind == "input_json_delta" and index not in self._server_calls:
             self._tools[index].fragments.append(_text(delta, "partial_json"))
         return []  # citations and later delta types

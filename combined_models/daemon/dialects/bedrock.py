@@ -124,6 +124,10 @@ def converse_body(request: ChatRequest, model: str) -> dict[str, Any]:
         inference["temperature"] = unit_temperature(request.temperature)
     if request.top_p is not None and budget is None:
         inference["topP"] = request.top_p
+    if request.top_k is not None and budget is None and _claude(model):
+        # No Converse field: Claude takes it as a native parameter. Other vendors' models name it
+        # differently or not at all, so it is left out for them.
+        body.setdefault("additionalModelRequestFields", {})["top_k"] = request.top_k
     stops = [s for s in request.stop or () if s]
     if stops:
         inference["stopSequences"] = stops
@@ -177,6 +181,10 @@ def _cache_points(body: dict[str, Any], model: str) -> None:
         blocks[:] = expanded
 
 
+def _claude(model: str) -> bool:
+    return "anthropic." in model or "claude" in model.lower()
+
+
 def _thinking_request(request: ChatRequest, model: str) -> int | None:
     """The thinking budget asked for, where Claude on Bedrock can take it.
 
@@ -184,7 +192,7 @@ def _thinking_request(request: ChatRequest, model: str) -> int | None:
     would be rejected for it: other Bedrock models (whose reasoning switches differ per
     vendor), or a forced tool choice.
     """
-    if not ("anthropic." in model or "claude" in model.lower()):
+    if not _claude(model):
         return None
     if request.tools and request.tool_choice not in (None, "auto", "none"):
         return None
@@ -227,7 +235,12 @@ def _blocks(msg: Message) -> list[dict[str, Any]]:
 
 def _user_block(p: Part) -> dict[str, Any] | None:
     if isinstance(p, ToolResultPart):
-        content = [{"text": p.content}] if p.content.strip() else []
+        blocks = [TextPart(p.content)] if isinstance(p.content, str) else p.content
+        content = [
+            {"image": _image(b)} if isinstance(b, ImagePart) else {"text": b.text}
+            for b in blocks
+            if isinstance(b, ImagePart) or b.text.strip()
+        ]
         return {
             "toolResult": {
                 "toolUseId": _tool_id(p.tool_call_id),

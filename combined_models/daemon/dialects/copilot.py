@@ -42,7 +42,7 @@ def initiator(request: ChatRequest) -> str:
 def wants_vision(request: ChatRequest) -> bool:
     """Copilot refuses images unless `Copilot-Vision-Request: true` is sent."""
     return any(
-        isinstance(p, ImagePart)
+        isinstance(p, ImagePart) or (isinstance(p, ToolResultPart) and p.images())
         for msg in request.messages
         if not isinstance(msg.content, str)
         for p in msg.content

@@ -117,14 +117,18 @@ def _headers(endpoint: Endpoint, accept: str) -> dict[str, str]:
     return headers
 
 
+def _image(part: ImagePart) -> dict[str, Any]:
+    if part.url:
+        return {"fileData": {"mimeType": part.media_type, "fileUri": part.url}}
+    return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
+
+
 def _part(part: Part, names: Mapping[str, str]) -> dict[str, Any] | None:
     """One neutral part as a Gemini part; None for what is not sent."""
     if isinstance(part, TextPart):
         return {"text": part.text} if part.text else None
     if isinstance(part, ImagePart):
-        if part.url:
-            return {"fileData": {"mimeType": part.media_type, "fileUri": part.url}}
-        return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
+        return _image(part)
     if isinstance(part, DocumentPart):
         return {"inlineData": {"mimeType": part.media_type, "data": part.data}}  # no field for a title
     if isinstance(part, ToolCallPart):
@@ -138,7 +142,7 @@ def _part(part: Part, names: Mapping[str, str]) -> dict[str, Any] | None:
             )
         # "output" / "error" are Gemini's own keys; anything else is read as the output.
         key = "error" if part.is_error else "content"
-        return {"functionResponse": {"name": name, "response": {key: part.content}}}
+        return {"functionResponse": {"name": name, "response": {key: part.text()}}}
     if isinstance(part, ThinkingPart):
         # Gemini's reasoning is not sent back as text, and its signatures ride on the
         # function-call and text parts, which the neutral model does not carry: dropped.
@@ -160,6 +164,9 @@ def encode_contents(messages: list[Message]) -> list[dict[str, Any]]:
             gp = _part(p, names)
             if gp is not None:
                 parts.append(gp)
+            if isinstance(p, ToolResultPart):
+                # A functionResponse holds JSON, not media: a result's images follow it as parts.
+                parts += map(_image, p.images())
         if not parts:
             continue  # "contents.parts must not be empty"
         if out and out[-1]["role"] == role:
@@ -279,6 +286,8 @@ class GeminiDialect:
             config["temperature"] = request.temperature  # Gemini's range is 0-2, as the neutral one
         if request.top_p is not None:
             config["topP"] = request.top_p
+        if request.top_k is not None:
+            config["topK"] = request.top_k
         if request.stop:
             config["stopSequences"] = request.stop[:5]  # Gemini allows at most 5
         if request.thinking_budget is not None:

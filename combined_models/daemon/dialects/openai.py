@@ -60,6 +60,11 @@ def _content(parts: list[dict[str, Any]]) -> Any:
     return parts
 
 
+def _image_part(p: ImagePart) -> dict[str, Any]:
+    url = p.url or f"data:{p.media_type};base64,{p.data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def _user_messages(msg: Message, marks: bool) -> list[dict[str, Any]]:
     if isinstance(msg.content, str):
         return [{"role": "user", "content": msg.content}]
@@ -68,13 +73,14 @@ def _user_messages(msg: Message, marks: bool) -> list[dict[str, Any]]:
     for p in msg.content:
         if isinstance(p, ToolResultPart):
             # OpenAI carries tool results as their own `tool` messages, before the user's words.
-            content = _content([_text_part(p.content, p.cache, marks)])
+            # A tool message holds text only: a result's images follow in the user message.
+            content = _content([_text_part(p.text(), p.cache, marks)])
             out.append({"role": "tool", "tool_call_id": p.tool_call_id, "content": content})
+            parts += (_image_part(image) for image in p.images())
         elif isinstance(p, TextPart):
             parts.append(_text_part(p.text, p.cache, marks))
         elif isinstance(p, ImagePart):
-            url = p.url or f"data:{p.media_type};base64,{p.data}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(_image_part(p))
     if parts:
         out.append({"role": "user", "content": _content(parts)})
     return out

@@ -64,6 +64,11 @@ def _effort(budget: int) -> str:
     return "high"
 
 
+def _input_image(p: ImagePart) -> dict[str, Any]:
+    url = p.url or f"data:{p.media_type};base64,{p.data}"
+    return {"type": "input_image", "image_url": url, "detail": "auto"}
+
+
 def _user_items(msg: Message) -> list[dict[str, Any]]:
     if isinstance(msg.content, str):
         return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": msg.content}]}]
@@ -72,12 +77,14 @@ def _user_items(msg: Message) -> list[dict[str, Any]]:
     for p in msg.content:
         if isinstance(p, ToolResultPart):
             # Tool outputs are items of their own, before the user's words.
-            out.append({"type": "function_call_output", "call_id": p.tool_call_id, "output": p.content})
+            # Its output is sent as text (what every Responses server takes): a result's images
+            # follow in the user message.
+            out.append({"type": "function_call_output", "call_id": p.tool_call_id, "output": p.text()})
+            content += (_input_image(image) for image in p.images())
         elif isinstance(p, TextPart):
             content.append({"type": "input_text", "text": p.text})
         elif isinstance(p, ImagePart):
-            url = p.url or f"data:{p.media_type};base64,{p.data}"
-            content.append({"type": "input_image", "image_url": url, "detail": "auto"})
+            content.append(_input_image(p))
         elif isinstance(p, DocumentPart):
             file: dict[str, Any] = {"type": "input_file", "file_data": f"data:{p.media_type};base64,{p.data}"}
             file["filename"] = p.title or "document.pdf"

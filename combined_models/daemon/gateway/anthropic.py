@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -32,6 +32,7 @@ from ...chat import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+    result_content,
 )
 from ...protocol import ModelsInfo
 from ..affinity import MAX_SESSION_ID
@@ -45,6 +46,7 @@ from .common import (
     Responder,
     StreamResponder,
     UnaryResponder,
+    bad_request_from,
     check_depth,
     decode_json,
     json_reply,
@@ -114,7 +116,25 @@ class _RedactedThinking(msgspec.Struct, tag="redacted_thinking", tag_field="type
     data: str
 
 
-_Block = _Text | _Image | _Document | _ToolUse | _ToolResult | _Thinking | _RedactedThinking
+class _ServerToolUse(msgspec.Struct, tag="server_tool_use", tag_field="type"):
+    """A server tool's call in a replayed answer (its other fields are not kept)."""
+
+
+class _WebSearchToolResult(msgspec.Struct, tag="web_search_tool_result", tag_field="type"):
+    """A server tool's result in a replayed answer (its other fields are not kept)."""
+
+
+_Block = (
+    _Text
+    | _Image
+    | _Document
+    | _ToolUse
+    | _ToolResult
+    | _Thinking
+    | _RedactedThinking
+    | _ServerToolUse
+    | _WebSearchToolResult
+)
 
 
 class _Message(msgspec.Struct):
@@ -131,8 +151,15 @@ class _ToolDef(msgspec.Struct):
     name: str
     input_schema: dict[str, Any]
     description: str | None = None
-    # Server tools (web search, code execution...) run at Anthropic itself: nothing to fail over to.
     type: Literal["custom"] | None = None
+    cache_control: _CacheControl | None = None
+
+
+class _ServerToolDef(msgspec.Struct):
+    """What is checked of a server tool (web search, code execution...); the entry travels as written."""
+
+    type: str
+    name: str
     cache_control: _CacheControl | None = None
 
 
@@ -155,16 +182,19 @@ class _Body(msgspec.Struct):
     stream: bool = False
     temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    top_k: int | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
     stop_sequences: list[str] | None = None
-    tools: list[_ToolDef] | None = None
+    # Function tools (`custom`) and server tools (any other `type`), told apart by `_tools`.
+    tools: list[dict[str, Any]] | None = None
     tool_choice: _ToolChoice | None = None
     thinking: _ThinkingConfig | None = None
     cache_control: _CacheControl | None = None  # automatic caching: a breakpoint on the last block
     metadata: _Metadata | None = None
+    context_management: dict[str, Any] | None = None  # opaque: carried to Anthropic members only
 
 
 _decoder = msgspec.json.Decoder(_Body)
+_S = TypeVar("_S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,24 +215,21 @@ def _image(block: _Image, cache: str | None = None) -> ImagePart:
     return ImagePart(media_type=block.source.media_type, data=block.source.data, cache=cache)
 
 
-def _tool_result(b: _ToolResult) -> list[Part]:
-    """The result, then its images: the neutral result carries text only.
+def _tool_result(b: _ToolResult) -> ToolResultPart:
+    """The result with its text and image blocks.
 
     A breakpoint on the result or on a block inside it goes on the result (where Bedrock,
     which takes none inside a result, puts it too).
     """
     content = b.content or ""
     if isinstance(content, str):
-        return [
-            ToolResultPart(
-                tool_call_id=b.tool_use_id, content=content, is_error=b.is_error, cache=_ttl(b.cache_control)
-            )
-        ]
+        return ToolResultPart(
+            tool_call_id=b.tool_use_id, content=content, is_error=b.is_error, cache=_ttl(b.cache_control)
+        )
     inner = [c.cache_control for c in content if c.cache_control is not None]
     cache = _ttl(b.cache_control or (inner[-1] if inner else None))
-    text = "".join(c.text for c in content if isinstance(c, _Text))
-    result = ToolResultPart(tool_call_id=b.tool_use_id, content=text, is_error=b.is_error, cache=cache)
-    return [result, *(_image(c) for c in content if isinstance(c, _Image))]
+    blocks = result_content([TextPart(c.text) if isinstance(c, _Text) else _image(c) for c in content])
+    return ToolResultPart(tool_call_id=b.tool_use_id, content=blocks, is_error=b.is_error, cache=cache)
 
 
 def _user_parts(blocks: list[_Block], where: str) -> list[Part]:
@@ -223,7 +250,7 @@ def _user_parts(blocks: list[_Block], where: str) -> list[Part]:
                     )
                 )
         elif isinstance(b, _ToolResult):
-            out += _tool_result(b)
+            out.append(_tool_result(b))
         else:
             raise BadRequest(
                 f"a `{b.__struct_config__.tag}` block belongs in an assistant turn", f"{where}[{j}].type"
@@ -240,8 +267,10 @@ def _assistant_parts(blocks: list[_Block], where: str) -> list[Part]:
             out.append(ToolCallPart(b.id, b.name, b.input, _ttl(b.cache_control)))
         elif isinstance(b, _Thinking):
             out.append(ThinkingPart(text=b.thinking, signature=b.signature))
-        elif isinstance(b, _RedactedThinking):
-            continue  # opaque to every other vendor, and the neutral model has no place for it
+        elif isinstance(b, _RedactedThinking | _ServerToolUse | _WebSearchToolResult):
+            # Opaque to every other vendor, and the neutral model has no place for them: a server
+            # tool's call and result are dropped, the answer's text written from them stays.
+            continue
         else:
             raise BadRequest(
                 f"a `{b.__struct_config__.tag}` block belongs in a user turn", f"{where}[{j}].type"
@@ -291,21 +320,13 @@ def to_chat_request(body: _Body) -> ChatRequest:
         system = "\n\n".join([*(b.text for b in body.system), *instructions])
     else:
         system = "\n\n".join([*([body.system] if body.system else []), *instructions])
-    tools = [
-        Tool(
-            name=t.name,
-            description=t.description or "",
-            parameters=t.input_schema,
-            cache=_ttl(t.cache_control),
-        )
-        for t in body.tools or ()
-    ]
+    tools, server_tools = _tools(body.tools or [])
     tool_choice: str | None = None
     if (c := body.tool_choice) is not None:
         if c.type == "tool":
             if not c.name:
                 raise BadRequest("required when tool_choice.type is `tool`", "tool_choice.name")
-            if c.name not in {t.name for t in tools}:
+            if c.name not in {t.name for t in tools} | {str(t["name"]) for t in server_tools}:
                 raise BadRequest(f"no tool named {c.name!r} in `tools`", "tool_choice.name")
             tool_choice = c.name
         else:
@@ -321,7 +342,41 @@ def to_chat_request(body: _Body) -> ChatRequest:
         tool_choice=tool_choice,
         thinking_budget=_thinking_budget(body),
         session=body.metadata.user_id[:MAX_SESSION_ID] if body.metadata and body.metadata.user_id else None,
+        top_k=body.top_k,
+        context_management=body.context_management,
+        server_tools=server_tools,
+        metadata={"user_id": body.metadata.user_id} if body.metadata and body.metadata.user_id else None,
     )
+
+
+def _tools(entries: list[dict[str, Any]]) -> tuple[list[Tool], list[dict[str, Any]]]:
+    """The function tools as neutral tools, and the server tools as the client wrote them."""
+    tools: list[Tool] = []
+    server: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        if entry.get("type") in (None, "custom"):
+            t = _convert(entry, _ToolDef, f"tools[{i}]")
+            tools.append(
+                Tool(
+                    name=t.name,
+                    description=t.description or "",
+                    parameters=t.input_schema,
+                    cache=_ttl(t.cache_control),
+                )
+            )
+        else:
+            _convert(entry, _ServerToolDef, f"tools[{i}]")
+            server.append(entry)
+    return tools, server
+
+
+def _convert(entry: dict[str, Any], kind: type[_S], where: str) -> _S:
+    try:
+        return msgspec.convert(entry, kind)
+    except msgspec.ValidationError as e:
+        error = bad_request_from(e)
+        param = f"{where}.{error.param.removeprefix('$').lstrip('.')}" if error.param else where
+        raise BadRequest(error.message.split(" (at ")[0], param.rstrip(".")) from None
 
 
 def _system_turn_text(content: str | list[_Block], where: str) -> str:

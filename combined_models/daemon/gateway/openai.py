@@ -33,6 +33,7 @@ from ...chat import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+    result_content,
 )
 from ...limits import decode_bounded
 from ...protocol import ModelsInfo
@@ -283,9 +284,13 @@ def to_chat_request(body: _Body) -> ChatRequest:
         elif isinstance(m, _AssistantMsg):
             messages.append(_assistant(m, where))
         else:
-            result = ToolResultPart(
-                tool_call_id=m.tool_call_id, content=_texts(m.content), cache=_last_mark(m.content)
+            # A content array keeps its text parts as the result's blocks.
+            content = (
+                m.content
+                if isinstance(m.content, str)
+                else result_content([TextPart(p.text) for p in m.content])
             )
+            result = ToolResultPart(tool_call_id=m.tool_call_id, content=content, cache=_last_mark(m.content))
             prev = messages[-1] if messages else None
             # Consecutive tool messages answer one assistant turn: one user turn of results.
             if (

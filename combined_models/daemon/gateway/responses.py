@@ -48,6 +48,7 @@ from ...chat import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+    result_content,
 )
 from ...limits import TooDeep, decode_bounded
 from . import openai as oai
@@ -460,11 +461,16 @@ class _Conversation:
         elif isinstance(item, _OutputItem):
             if item.call_id not in self.call_ids:
                 raise BadRequest(f"no tool call found with call_id {item.call_id!r}", f"{where}.call_id")
-            text = item.output if isinstance(item.output, str) else _texts(item.output)
+            blocks: list[TextPart | ImagePart] = []
             extra: list[Part] = []
-            if not isinstance(item.output, str):  # images in an output follow the result
-                extra = [p for p in _parts(item.output, f"{where}.output") if not isinstance(p, TextPart)]
-            self.add("user", [ToolResultPart(tool_call_id=item.call_id, content=text), *extra])
+            if not isinstance(item.output, str):  # text and images are the result's blocks; files follow it
+                for p in _parts(item.output, f"{where}.output"):
+                    if isinstance(p, TextPart | ImagePart):
+                        blocks.append(p)
+                    else:
+                        extra.append(p)
+            content = item.output if isinstance(item.output, str) else result_content(blocks)
+            self.add("user", [ToolResultPart(tool_call_id=item.call_id, content=content), *extra])
         else:
             assert isinstance(item, _ReasoningItem)
             summary = item.summary or item.content or []

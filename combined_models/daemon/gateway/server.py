@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -115,8 +116,15 @@ class Incoming:
 
     @classmethod
     def of(cls, request: h11.Request) -> Incoming:
-        path = request.target.decode("latin-1").split("?", 1)[0]
+        target = request.target.decode("latin-1")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        if target.lower().startswith(("http://", "https://")):
+            # The absolute form (RFC 9112 §3.2.2): its authority is the request's host, whatever
+            # the Host header says, so the DNS-rebinding check judges that one.
+            parts = urllib.parse.urlsplit(target)
+            headers["host"] = parts.netloc
+            target = parts.path or "/"
+        path = target.split("?", 1)[0]
         method = "GET" if request.method == b"HEAD" else request.method.decode("latin-1")
         return cls(method, path, headers, front_end_for(path, headers))
 
@@ -521,6 +529,8 @@ class Gateway:
             return await conn.write(front.bad_request(e), end=True)
         if session := headers.get(SESSION_HEADER):  # the conversation's name, for session affinity
             call.request.session = session[:MAX_SESSION_ID]
+        if beta := headers.get("anthropic-beta"):  # carried to Anthropic members
+            call.request.anthropic_beta = [f for f in (f.strip() for f in beta.split(",")) if f]
         await self._serve_chat(conn, call)
 
     async def _serve_chat(self, conn: _Connection, call: ChatCall) -> None:

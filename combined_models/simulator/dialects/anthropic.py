@@ -93,6 +93,7 @@ class _Message(msgspec.Struct):
 class _Tool(msgspec.Struct):
     name: str
     cache_control: _CacheControl | None = None
+    type: str | None = None  # a server tool (`web_search_20250305`...) when neither None nor "custom"
 
 
 class _ToolChoice(msgspec.Struct):
@@ -131,8 +132,7 @@ def _plain_part(b: _Block) -> Part | None:
         case "tool_use":
             return tool_call_part(b.id, b.name or "", b.input if b.input is not None else {})
         case "tool_result":
-            content = b.content if isinstance(b.content, str) else _joined_text(b.content or [])
-            return tool_result_part(b.tool_use_id, content)
+            return tool_result_part(b.tool_use_id, _tool_result_content(b.content))
         case "thinking":
             return thinking_part(b.thinking or "", b.signature)
         case "redacted_thinking":
@@ -168,8 +168,15 @@ def _check_cache_control(b: _Body) -> None:
         )
 
 
-def _joined_text(blocks: Sequence[_Block]) -> str:
-    return "".join(b.text or "" for b in blocks if b.type == "text")
+def _tool_result_content(content: str | list[_Block] | None) -> str | list[Part]:
+    """Text as one string; with images, the text and image parts in order."""
+    if isinstance(content, str):
+        return content
+    blocks = content or []
+    if all(b.type == "text" for b in blocks):
+        return "".join(b.text or "" for b in blocks)
+    parts = [_plain_part(b) for b in blocks if b.type in ("text", "image")]
+    return [p for p in parts if p is not None]
 
 
 def _last_text(content: str | list[_Block]) -> str:
@@ -256,7 +263,8 @@ class AnthropicDialect(Dialect):
             system=system,
             turns=turns,
             stream=b.stream,
-            tool_names=[t.name for t in tools],
+            # Server tools run at Anthropic itself: the model never asks the client to call one.
+            tool_names=[t.name for t in tools if t.type in (None, "custom")],
             max_tokens=b.max_tokens,
             system_cache=system_cache,
             tool_cache={i: t.cache_control.ttl for i, t in enumerate(tools) if t.cache_control},

@@ -136,11 +136,23 @@ class _Body(msgspec.Struct):
 
 
 def _tool_result_content(blocks: Sequence[dict[str, Any]]) -> Any:
-    """Text blocks joined; a JSON block's value as it is."""
+    """Text blocks joined; a JSON block's value as it is; with images, the text and image parts in order."""
     for b in blocks:
         if "json" in b:
             return b["json"]
+    if any("image" in b for b in blocks):
+        return [
+            text_part(b["text"]) if "text" in b else image_part(*_image_of(b["image"]))
+            for b in blocks
+            if isinstance(b.get("text"), str) or isinstance(b.get("image"), dict)
+        ]
     return "".join(b["text"] for b in blocks if isinstance(b.get("text"), str))
+
+
+def _image_of(image: dict[str, Any]) -> tuple[str, str]:
+    source = image.get("source")
+    data = source.get("bytes", "") if isinstance(source, dict) else ""
+    return f"image/{image.get('format')}", str(data)
 
 
 def _part(b: _Block) -> Part | None:
