@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anthropic
+import openai
 import pytest
 import trio
 import trio.testing
@@ -77,6 +79,22 @@ def config_for(
     if "[http]" not in extra:  # any free port: daemons in tests never collide (nor take a user's 4141)
         extra += '\n[http]\nlisten = "127.0.0.1:0"\n'
     return parse_config("\n".join(lines) + "\n" + extra, "test config")
+
+
+@dataclass
+class FrontDoor:
+    """A daemon's HTTP front door and its simulated providers, for the official SDKs."""
+
+    sims: dict[str, Simulator]
+    server: Server
+    url: str  # http://127.0.0.1:PORT
+    token: str
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.url, api_key=self.token, max_retries=0, timeout=10)
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.token, max_retries=0, timeout=10)
 
 
 @dataclass

@@ -10,7 +10,6 @@ import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from botocore.session import get_session
 
 from combined_models.chat import ChatRequest, Message, TextPart, Tool, ToolCallPart, ToolResultPart
 from combined_models.config import parse_config
-from combined_models.daemon import Server, open_daemon
+from combined_models.daemon import open_daemon
 from combined_models.daemon.dialects.aws_credentials import AwsCredentials
 from combined_models.daemon.dialects.base import Endpoint, HttpRequest
 from combined_models.daemon.dialects.bedrock import converse_body
@@ -39,6 +38,8 @@ from combined_models.daemon.facade import CountResult
 from combined_models.daemon.gateway.server import COUNT_MAX_TOKENS, count_body, count_reply
 from combined_models.simulator import Fault, Simulator
 from combined_models.simulator.counting import estimate_tokens
+
+from .conftest import FrontDoor
 
 NOW = datetime(2025, 5, 14, 9, 30, 5, tzinfo=UTC)
 CREDS = AwsCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
@@ -358,16 +359,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-@dataclass
-class Front:
-    sims: dict[str, Simulator]
-    server: Server
-    url: str
-    token: str
-
-    def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key=self.token, max_retries=0, timeout=10)
-
+class Front(FrontDoor):
     def http(self) -> httpx.AsyncClient:
         headers = {"x-api-key": self.token, "anthropic-version": "2023-06-01"}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10, trust_env=False)

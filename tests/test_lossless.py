@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anthropic
 import httpx
 import msgspec
 import pytest
@@ -34,7 +32,7 @@ from combined_models.chat import (
 )
 from combined_models.client.aio import open_client
 from combined_models.config import parse_config
-from combined_models.daemon import Server, open_daemon
+from combined_models.daemon import open_daemon
 from combined_models.daemon.continuation import unsupported
 from combined_models.daemon.dialects.anthropic import AnthropicDialect
 from combined_models.daemon.dialects.base import Endpoint
@@ -49,6 +47,8 @@ from combined_models.daemon.gateway import openai as oai
 from combined_models.daemon.gateway.common import BadRequest
 from combined_models.limits import MAX_DEPTH, TooDeep, check_request
 from combined_models.simulator import Fault, Simulator
+
+from .conftest import FrontDoor
 
 T = TypeVar("T")
 
@@ -483,28 +483,17 @@ def test_a_web_search_stream_gives_its_text_and_pause_turn_is_no_error() -> None
 # ================================================================ end to end, with the official SDK
 
 
-@dataclass
-class Claude:
-    sims: dict[str, Simulator]
-    server: Server
-    url: str
-    token: str
-
-    def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key=self.token, max_retries=0, timeout=10)
-
-
 @asynccontextmanager
 async def stack(
     short_dir: Path, sims: dict[str, Simulator], config: Callable[[dict[str, Simulator]], str]
-) -> AsyncIterator[Claude]:
+) -> AsyncIterator[FrontDoor]:
     async with trio.open_nursery() as nursery:
         for sim in sims.values():
             await nursery.start(sim.run)
         server = await open_daemon(parse_config(config(sims), "test config"), short_dir / "d.sock", nursery)
         gw = server.gateway
         assert gw is not None and gw.address
-        yield Claude(sims, server, f"http://{gw.address}", gw.token)
+        yield FrontDoor(sims, server, f"http://{gw.address}", gw.token)
         nursery.cancel_scope.cancel()
 
 

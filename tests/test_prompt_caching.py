@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +37,7 @@ from combined_models.chat import (
 from combined_models.client.aio import open_client
 from combined_models.client.render import render_status
 from combined_models.config import parse_config
-from combined_models.daemon import Server, open_daemon
+from combined_models.daemon import open_daemon
 from combined_models.daemon.dialects.anthropic import AnthropicDialect
 from combined_models.daemon.dialects.base import Endpoint, StreamDecoder
 from combined_models.daemon.dialects.bedrock import BedrockDialect, converse_body
@@ -57,7 +56,7 @@ from combined_models.simulator.dialects import get_dialect
 from combined_models.simulator.dialects.base import BadRequest as SimBadRequest
 from combined_models.simulator.dialects.base import Route
 
-from .conftest import MODEL, open_stack
+from .conftest import MODEL, FrontDoor, open_stack
 
 T = TypeVar("T")
 
@@ -687,19 +686,8 @@ BREAKPOINTS = [
 ]
 
 
-@dataclass
-class Claude:
-    sims: dict[str, Simulator]
-    server: Server
-    url: str
-    token: str
-
-    def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key=self.token, max_retries=0, timeout=10)
-
-
 @asynccontextmanager
-async def claude_stack(short_dir: Path) -> AsyncIterator[Claude]:
+async def claude_stack(short_dir: Path) -> AsyncIterator[FrontDoor]:
     """Claude from Anthropic and from Bedrock (each simulated in its own wire format), behind the front door."""
     async with trio.open_nursery() as nursery:
         sims = {
@@ -733,7 +721,7 @@ listen = "127.0.0.1:0"
         server = await open_daemon(parse_config(config, "test config"), short_dir / "d.sock", nursery)
         gw = server.gateway
         assert gw is not None and gw.address
-        yield Claude(sims, server, f"http://{gw.address}", gw.token)
+        yield FrontDoor(sims, server, f"http://{gw.address}", gw.token)
         nursery.cancel_scope.cancel()
 
 
