@@ -45,6 +45,10 @@ PURE_MODULES = [
     f"{PACKAGE}.config",
     f"{PACKAGE}.metadata",
     f"{PACKAGE}.client.render",
+    f"{PACKAGE}.daemon.engine",
+    f"{PACKAGE}.daemon.affinity",
+    f"{PACKAGE}.daemon.facade",
+    f"{PACKAGE}.service",
 ]
 
 # Run in a fresh interpreter: imports the module named in argv[1], then prints each I/O library of

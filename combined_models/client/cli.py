@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import NoReturn
 
 import msgspec
 
-from .. import __version__
+from .. import __version__, service
 from ..chat import (
     DoneEvent,
     ErrorEvent,
@@ -155,6 +156,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_status(args)
+    if args.interval is not None or args.count is not None:
+        raise UsageError("--interval and --count go with --watch")
     with Client(_socket(args), timeout=10) as c:
         st = c.status()
     if args.json:
@@ -162,6 +167,90 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(st))
     return EXIT_OK
+
+
+WATCH_RECENT = 8  # changes the live view keeps on screen
+HIDE_CURSOR, SHOW_CURSOR, HOME_CLEAR = "\x1b[?25l", "\x1b[?25h", "\x1b[H\x1b[2J"
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """`cmctl status --watch`: poll the status every interval and show it, until Ctrl-C or --count views.
+
+    A terminal gets one view redrawn in place; anything else a plain snapshot per poll, separated by
+    a blank line (with --json, one object per line). A daemon that goes away does not end the watch:
+    each poll says it is unavailable and tries again; one that never answered exits 3, as `cmctl status`.
+    """
+    import shutil
+    from collections import deque
+
+    from ..protocol import StatusInfo
+    from .render import clip, status_changes, watch_frame
+
+    interval = 1.0 if args.interval is None else args.interval
+    if not 0.1 <= interval <= 60:
+        raise UsageError("--interval must be between 0.1 and 60 seconds")
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    out = sys.stdout
+    live = not args.json and out.isatty()
+    recent: deque[str] = deque(maxlen=WATCH_RECENT)
+    client: Client | None = None
+    before: StatusInfo | None = None
+    views, was_down = 0, False
+    next_at = time.monotonic()
+    if live:
+        out.write(HIDE_CURSOR)
+    try:
+        while True:
+            now = time.strftime("%H:%M:%S")
+            try:
+                client = client or Client(_socket(args), timeout=10).connect()
+                st = client.status()
+            except (DaemonUnavailable, ConnectionClosed) as e:
+                if client is not None:
+                    client.close()
+                    client = None
+                if before is None:
+                    raise  # never answered: exit 3, as `cmctl status`
+                down = f"{now}  daemon unavailable ({e}); retrying every {interval:g}s"
+                if not was_down:
+                    recent.append(f"{now}  daemon unavailable")
+                was_down = True
+                if args.json:
+                    _err(down)
+                elif live:
+                    body = "\n".join([down, "", "recent failovers and errors:", *(f"  {r}" for r in recent)])
+                    size = shutil.get_terminal_size()
+                    out.write(HOME_CLEAR + clip(body, size.columns, size.lines - 1))
+                else:
+                    print(("\n" if views else "") + down)
+            else:
+                changes = status_changes(before, st, now)
+                recent.extend(changes)
+                before, was_down = st, False
+                if args.json:
+                    out.buffer.write(msgspec.json.encode(st) + b"\n")
+                elif live:
+                    size = shutil.get_terminal_size()
+                    frame = watch_frame(st, list(recent), now=now, interval=interval, live=True)
+                    out.write(HOME_CLEAR + clip(frame, size.columns, size.lines - 1))
+                else:
+                    frame = watch_frame(st, changes, now=now, interval=interval, live=False)
+                    print(("\n" if views else "") + frame)
+            out.flush()
+            views += 1
+            if args.count is not None and views >= args.count:
+                return EXIT_OK
+            next_at = max(next_at + interval, time.monotonic())
+            time.sleep(next_at - time.monotonic())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if client is not None:
+            client.close()
+        if live:
+            out.write(SHOW_CURSOR + "\n")
+            out.flush()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -331,6 +420,114 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(fast=args.fast)
 
 
+# ---------------------------------------------------------------- service (systemd / launchd)
+
+SERVE_EXE = [sys.executable, "-m", "combined_models.client.cli"]
+
+
+def _service(args: argparse.Namespace, *, for_print: bool = False) -> service.Service:
+    here = service.current_platform()
+    platform = getattr(args, "platform", None) or here
+    if platform is None:
+        raise UsageError(
+            f"no service manager known for {sys.platform}; --print --platform linux|macos shows one"
+        )
+    if platform != here and not for_print:
+        raise UsageError(f"this machine is not {platform}: only --print can show its file")
+    paths = {}
+    for name, env in (("config", ENV_CONFIG), ("socket", ENV_SOCKET)):
+        given = getattr(args, name, None) or os.environ.get(env)
+        paths[name] = Path(given).expanduser().absolute() if given else None
+    try:
+        return service.service_for(platform, SERVE_EXE, paths["config"], paths["socket"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _run_tool(cmd: list[str], *, quiet: bool = False, only: tuple[str, ...] = ()) -> str | None:
+    """Run a service manager command, showing it and what it said (the lines holding one of `only`,
+    when given and found); the problem, or None when it worked."""
+    if not quiet:
+        print(f"$ {shlex.join(cmd)}")
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return f"{cmd[0]} is not installed or not on PATH"
+    except OSError as e:
+        return f"cannot run {cmd[0]}: {e}"
+    if not quiet:
+        lines = (done.stdout + done.stderr).splitlines()
+        picked = [line for line in lines if any(word in line for word in only)]
+        for line in picked or lines:
+            print(f"  {line.strip() if picked else line}")
+    return None if done.returncode == 0 else f"`{shlex.join(cmd)}` exited {done.returncode}"
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    svc = _service(args, for_print=args.print)
+    if args.print:
+        sys.stdout.buffer.write(svc.content)
+        sys.stdout.flush()
+        return EXIT_OK
+    pid = _daemon_pid(_socket(args))
+    svc.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = svc.path.with_name(f".{svc.path.name}.tmp")
+    tmp.write_bytes(svc.content)
+    tmp.chmod(0o644)
+    tmp.replace(svc.path)
+    print(f"wrote {svc.path}")
+    if svc.log_dir is not None:  # the service manager appends there: make the log private first
+        open_private_log(svc.log_dir / service.LOG_NAME).close()
+    for cmd in svc.prepare:
+        _run_tool(cmd, quiet=True)
+    undo = "cmctl service uninstall"
+    for cmd in svc.start:
+        problem = _run_tool(cmd)
+        if problem:
+            _err(f"{problem}; the service is not running. {svc.path} is left in place.")
+            _err("start it by hand with:\n  " + "\n  ".join(shlex.join(c) for c in svc.start))
+            _err(f"or remove it with `{undo}`")
+            return EXIT_FAILED
+    print(f"installed: the daemon now runs all day and starts with your session; logs: {svc.logs}")
+    if pid is not None:
+        print(
+            f"note: a daemon (pid {pid}) already runs on that socket; `cmctl stop` it so the service can start"
+        )
+    print(f"undo with `{undo}`")
+    return EXIT_OK
+
+
+def cmd_service_uninstall(args: argparse.Namespace) -> int:
+    svc = _service(args)
+    if not svc.path.exists():
+        print(f"not installed: no {svc.path}")
+        return EXIT_OK
+    problems = [p for p in map(_run_tool, svc.stop) if p]
+    svc.path.unlink()
+    print(f"removed {svc.path}")
+    problems += [p for p in map(_run_tool, svc.after_remove) if p]
+    if problems:
+        _err("; ".join(problems) + ": the service may still be loaded until you log in again")
+        return EXIT_FAILED
+    print("uninstalled; `cmctl service install` puts it back")
+    return EXIT_OK
+
+
+def cmd_service_status(args: argparse.Namespace) -> int:
+    svc = _service(args)
+    installed = svc.path.exists()
+    print(f"{'installed' if installed else 'not installed'}: {svc.path}")
+    running = True
+    for cmd in svc.status:
+        problem = _run_tool(cmd, only=("state =", "pid =", "last exit code ="))
+        if problem and "not installed" in problem:
+            _err(problem)
+            return EXIT_FAILED
+        running = running and problem is None
+    print(f"logs: {svc.logs}")
+    return EXIT_OK if installed and running else EXIT_FAILED
+
+
 # ---------------------------------------------------------------- parser
 
 DESCRIPTION = f"""\
@@ -371,8 +568,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_start)
     p = add("stop", "stop the daemon gracefully (in-flight answers get a few seconds to finish)")
     p.set_defaults(func=cmd_stop)
-    p = add("status", "daemon and per-provider health: state, time until ready, in-flight, last error")
-    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p = add(
+        "status",
+        "daemon and per-provider health: state, time until ready, in-flight, last error",
+        "Daemon and per-provider health: state, time until ready, in-flight, last error. With --watch, "
+        "poll it every --interval and redraw in place on a terminal (with the recent failovers and "
+        "errors, derived by comparing polls) until Ctrl-C; piped, print one snapshot per poll. If the "
+        "daemon goes away, --watch says so each poll and keeps trying.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the status as one JSON object (--watch: one per line)"
+    )
+    p.add_argument("--watch", action="store_true", help="poll and redraw until Ctrl-C")
+    p.add_argument(
+        "--interval", type=float, metavar="SECONDS", help="seconds between polls with --watch (default 1)"
+    )
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N views")
     p.set_defaults(func=cmd_status)
     p = add("models", "combined models and their members in priority order")
     p.add_argument("--json", action="store_true", help="print the models as one JSON object")
@@ -437,6 +648,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fast", action="store_true", help="no pauses between the steps")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "service",
+        help="run the daemon all day: install a systemd user unit (Linux) or a launchd agent (macOS)",
+        description="Run `cmctl serve` under the platform's service manager, started with your session "
+        "and again when it fails. Linux: a systemd user unit "
+        f"({service.unit_path()}), logging to the journal. macOS: a launchd agent "
+        f"(~/Library/LaunchAgents/{service.LABEL}.plist, RunAtLoad, KeepAlive), logging to "
+        f"{service.macos_log_dir() / service.LOG_NAME}. The service runs this Python "
+        f"({sys.executable}), so it serves what this install has.",
+    )
+    service_parser = p
+
+    def service_help(_: argparse.Namespace) -> int:
+        service_parser.print_help()
+        return EXIT_USAGE
+
+    p.set_defaults(func=service_help)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser(
+        "install",
+        help="write the unit or agent and start it (--print: only show it)",
+        description="Write the unit (Linux) or agent (macOS), enable it and start it now, saying each "
+        "command it runs and how to undo it. If the service manager is missing or refuses, the file "
+        "stays in place, the commands to start it by hand are shown, and the exit code is 1. The "
+        f"service gets --config and --socket when given here (or set in ${ENV_CONFIG} / ${ENV_SOCKET}); "
+        "otherwise the daemon uses the defaults.",
+    )
+    q.add_argument("--print", action="store_true", help="print the file and do nothing else")
+    q.add_argument(
+        "--platform",
+        choices=service.PLATFORMS,
+        help="with --print: the file for this platform (default: this one)",
+    )
+    q.add_argument(
+        "--config", help=f"config file the service uses (default: ${ENV_CONFIG} or {config_file()})"
+    )
+    q.add_argument(
+        "--socket", help=f"socket the service listens on (default: ${ENV_SOCKET} or {socket_path()})"
+    )
+    q.set_defaults(func=cmd_service_install)
+    q = actions.add_parser(
+        "uninstall",
+        help="stop and disable the service and remove its file",
+        description="Stop and disable the service and remove its unit or agent file.",
+    )
+    q.set_defaults(func=cmd_service_uninstall)
+    q = actions.add_parser(
+        "status",
+        help="whether the service is installed, enabled and running",
+        description="Whether the unit or agent file exists and what the service manager says of it "
+        "(systemctl --user is-enabled / is-active; launchctl print). Exits 0 when it is installed "
+        "and running, 1 otherwise.",
+    )
+    q.set_defaults(func=cmd_service_status)
     return parser
 
 

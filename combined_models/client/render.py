@@ -5,9 +5,20 @@ Pure: strings in, strings out, so both can print them and tests can compare them
 
 from __future__ import annotations
 
-from ..protocol import DaemonInfo, ModelsInfo, StatusInfo
+from collections.abc import Sequence
 
-__all__ = ["ago", "front_door_off", "render_models", "render_status", "table"]
+from ..protocol import DaemonInfo, ModelsInfo, ProviderStatus, StatusInfo
+
+__all__ = [
+    "ago",
+    "clip",
+    "front_door_off",
+    "render_models",
+    "render_status",
+    "status_changes",
+    "table",
+    "watch_frame",
+]
 
 
 def ago(seconds: float) -> str:
@@ -106,3 +117,82 @@ def front_door_off(daemon: DaemonInfo) -> str:
         f"the HTTP front door is off: {daemon.http_error}; the daemon still serves its socket. "
         f"Set another `listen` under [http] in {where} (or stop what holds the port), then restart the daemon"
     )
+
+
+# ---------------------------------------------------------------- `cmctl status --watch`
+
+
+def _error_text(p: ProviderStatus) -> str:
+    err = (f"{p.last_error_kind}: " if p.last_error_kind else "") + (p.last_error or "")
+    return err if len(err) <= 70 else err[:69] + "…"
+
+
+def status_changes(before: StatusInfo | None, after: StatusInfo, seen: str) -> list[str]:
+    """What changed between two polls of the status, one line each, stamped with `seen` (the poll's time).
+
+    The daemon keeps no list of failovers; this derives one from its counters: a provider's
+    `failovers_saved` going up means it finished requests another provider had failed, its
+    `failures` going up (or a new `last_error`) means attempts on it failed. Failed attempts come
+    first, then the failovers, then state changes. Several events between two polls become one line.
+    """
+    if before is None:
+        return []
+    if after.daemon.pid != before.daemon.pid:  # its counters started again: comparing them would mislead
+        return [f"{seen}  daemon restarted (pid {before.daemon.pid} → {after.daemon.pid})"]
+    old = {p.id: p for p in before.providers}
+    failed: list[str] = []
+    saved: list[str] = []
+    states: list[str] = []
+    for p in after.providers:
+        q = old.get(p.id)
+        if q is None:
+            continue
+        n = p.failures - q.failures
+        was = (q.last_error, q.last_error_kind)
+        new_error = bool(p.last_error) and (p.last_error, p.last_error_kind) != was
+        if n > 0 or new_error:
+            times = f" ({n}×)" if n > 1 else ""
+            failed.append(f"{seen}  {p.id} failed{times}: {_error_text(p) or '(no message)'}")
+        n = p.failovers_saved - q.failovers_saved
+        if n > 0:
+            what = "a request" if n == 1 else f"{n} requests"
+            saved.append(f"{seen}  failover → {p.id}: it finished {what} another provider failed")
+        if p.state != q.state:
+            ready = f" (ready in {ago(p.cooldown_remaining_s)})" if p.cooldown_remaining_s > 0 else ""
+            states.append(f"{seen}  {p.id}: {q.state} → {p.state}{ready}")
+    return failed + saved + states
+
+
+def watch_frame(
+    st: StatusInfo, recent: Sequence[str], *, now: str, interval: float, live: bool = True
+) -> str:
+    """One view of `cmctl status --watch`: a header, the `cmctl status` table, the recent changes.
+
+    `live` (a terminal, redrawn in place): `recent` is the last few changes seen since watching
+    began, always shown, with a footer saying where they come from. Not live (one snapshot of a
+    log): `recent` is what changed since the previous snapshot, shown only when there is some.
+    """
+    header = f"{now}  daemon up {ago(st.daemon.uptime_s)}  every {interval:g}s"
+    lines = [header + ("  (Ctrl-C to quit)" if live else ""), render_status(st)]
+    if live:
+        lines += ["", "recent failovers and errors:"]
+        lines += [f"  {r}" for r in recent] or ["  none since watching began"]
+        lines += [
+            "",
+            f"(derived by comparing polls every {interval:g}s: the daemon keeps no list of failovers, "
+            "so several between two polls show as one line)",
+        ]
+    elif recent:
+        lines += ["changes since the previous snapshot (derived from polling):"]
+        lines += [f"  {r}" for r in recent]
+    return "\n".join(lines)
+
+
+def clip(text: str, width: int, height: int | None = None) -> str:
+    """`text` cut to `width` columns (a cut line ends in "…") and, if given, `height` lines."""
+    if width < 2:
+        return text
+    lines = [ln if len(ln) <= width else ln[: width - 1] + "…" for ln in text.split("\n")]
+    if height is not None and height > 0:
+        lines = lines[:height]
+    return "\n".join(lines)
