@@ -20,10 +20,11 @@ ensure_venv() {  # $1: the extra to install ("" or "test")
     fi
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+        # The build backend's notes (how editable installs work) are not news to a user setting up.
         if [ -n "$extra" ]; then
-            .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
+            PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
         else
-            .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+            PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --disable-pip-version-check -e .
         fi
         touch "$stamp"
     fi
