@@ -126,6 +126,15 @@ class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partial_frame_timeout: float = 30.0
 
 
+class LoggingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The daemon's log: one line per request, failover and health change."""
+
+    format: Literal["text", "json"] = "text"  # "json": one JSON object per line
+    file: bool = True  # write `daemon.log` in the log dir, rotated by size; false: stderr only
+    max_bytes: int = 10 * 1024 * 1024  # rotate once the file would grow past this
+    backup_count: int = 5  # rotated files kept beside `daemon.log`
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     provider_priority: list[str] = msgspec.field(default_factory=list)
     min_providers: int = 2
@@ -140,6 +149,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metadata_url: str = MODELS_DEV_URL
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,10 @@ def _check(cfg: Config, source: str) -> None:
     for name in ("client_stall_timeout", "partial_frame_timeout"):
         if not getattr(lim, name) > 0:
             raise bad(f"limits.{name}", f"expected seconds > 0, got {getattr(lim, name)}")
+    if cfg.logging.max_bytes < 1024:
+        raise bad("logging.max_bytes", f"expected an integer >= 1024, got {cfg.logging.max_bytes}")
+    if cfg.logging.backup_count < 1:
+        raise bad("logging.backup_count", f"expected an integer >= 1, got {cfg.logging.backup_count}")
     host, sep, port = cfg.http.listen.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")

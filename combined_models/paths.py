@@ -35,6 +35,12 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP))
 
 
+# In the log dir: the daemon's own log (rotated), and what escapes logging when it runs detached
+# (a crash before logging is set up, a traceback): kept apart, so a rotation never strands it.
+DAEMON_LOG = "daemon.log"
+DAEMON_OUT = "daemon.out"
+
+
 def log_dir() -> Path:
     return Path(platformdirs.user_log_dir(APP))
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import platformdirs.macos
 import platformdirs.unix
 
-from .paths import APP
+from .paths import APP, DAEMON_OUT
 
 LINUX, MACOS = "linux", "macos"
 PLATFORMS = (LINUX, MACOS)
 UNIT_NAME = f"{APP}.service"
 LABEL = APP
-LOG_NAME = "daemon.log"
 
 # Words systemd takes as they are; anything else is written in double quotes with escapes.
 _PLAIN = re.compile(r"[A-Za-z0-9_./:,+=@-]+")
@@ -107,7 +106,7 @@ def launchd_plist(
     label: str, exe: list[str], config: Path | None, socket: Path | None, log_dir: Path
 ) -> bytes:
     """A launchd agent running `cmctl serve`: started at login, started again when it exits non-zero."""
-    log = str(log_dir / LOG_NAME)
+    log = str(log_dir / DAEMON_OUT)
     agent = {
         "Label": label,
         "ProgramArguments": serve_argv(exe, config, socket),
@@ -184,6 +183,6 @@ def service_for(
             stop=[["launchctl", "bootout", f"{domain}/{label}"]],
             after_remove=[],
             status=[["launchctl", "print", f"{domain}/{label}"]],
-            logs=str(log_dir / LOG_NAME),
+            logs=str(log_dir / DAEMON_OUT),
         )
     raise ValueError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")

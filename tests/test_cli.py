@@ -224,12 +224,13 @@ async def test_start_with_a_bad_config_reports_it(short_dir: Path) -> None:
     assert b"min_providers" in r.stderr
 
 
-async def test_start_refuses_a_symlinked_log_file(short_dir: Path, user_dirs: Path) -> None:
+@pytest.mark.parametrize("name", ["daemon.log", "daemon.out"])
+async def test_start_refuses_a_symlinked_log_file(short_dir: Path, user_dirs: Path, name: str) -> None:
     elsewhere = short_dir / "elsewhere"
     elsewhere.mkdir()
     logs = Path(os.environ["XDG_STATE_HOME"]) / "combined-models" / "log"
     logs.mkdir(mode=0o700, parents=True)
-    (logs / "daemon.log").symlink_to(elsewhere / "planted.log")
+    (logs / name).symlink_to(elsewhere / "planted.log")
     cfg = short_dir / "c.toml"
     cfg.write_text("")
     r = await cmctl("start", "--config", str(cfg), "--socket", str(short_dir / "d.sock"))

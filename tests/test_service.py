@@ -92,8 +92,8 @@ def test_launchd_plist_round_trips_with_the_expected_keys() -> None:
         "ProgramArguments": [*EXE, "serve", "--config", str(CONFIG), "--socket", str(SOCKET)],
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
-        "StandardOutPath": str(LOG_DIR / "daemon.log"),
-        "StandardErrorPath": str(LOG_DIR / "daemon.log"),
+        "StandardOutPath": str(LOG_DIR / "daemon.out"),
+        "StandardErrorPath": str(LOG_DIR / "daemon.out"),
     }
 
 
@@ -141,7 +141,7 @@ def test_print_macos_shows_a_plist(
         str(tmp_path / "s p/daemon.sock"),
     ]
     assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
-    assert agent["StandardErrorPath"] == str(tmp_path / "home/Library/Logs/combined-models/daemon.log")
+    assert agent["StandardErrorPath"] == str(tmp_path / "home/Library/Logs/combined-models/daemon.out")
     assert not (tmp_path / "home").exists()
 
 
@@ -315,7 +315,7 @@ def test_macos_install_bootstraps_the_agent_with_a_private_log(
     plist = tmp_path / "home/Library/LaunchAgents/combined-models.plist"
     agent = plistlib.loads(plist.read_bytes())
     assert agent["ProgramArguments"] == [*cli.SERVE_EXE, "serve", "--socket", str(tmp_path / "daemon.sock")]
-    log = tmp_path / "home/Library/Logs/combined-models/daemon.log"
+    log = tmp_path / "home/Library/Logs/combined-models/daemon.out"
     assert log.stat().st_mode & 0o777 == 0o600
     uid = os.getuid()
     assert calls(session) == [

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import msgspec
 
@@ -28,7 +28,17 @@ from ..chat import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from ..paths import ENV_CONFIG, ENV_SOCKET, PathError, config_file, log_dir, open_private_log, socket_path
+from ..paths import (
+    DAEMON_LOG,
+    DAEMON_OUT,
+    ENV_CONFIG,
+    ENV_SOCKET,
+    PathError,
+    config_file,
+    log_dir,
+    open_private_log,
+    socket_path,
+)
 from ..protocol import DaemonInfo
 from .render import front_door_off, render_models, render_status
 from .sync import Client, ConnectionClosed, DaemonUnavailable, RequestFailed
@@ -96,28 +106,115 @@ def cmd_start(args: argparse.Namespace) -> int:
     if pid is not None:
         print(f"already running (pid {pid}) on {sock}")
         return _front_door_check(sock)
-    log_path = log_dir() / "daemon.log"
+    out_path = log_dir() / DAEMON_OUT
     cmd = [sys.executable, "-m", "combined_models.client.cli", "serve", "--socket", str(sock)]
     if args.config:
         cmd += ["--config", str(_config(args))]
-    with open_private_log(log_path) as log:
+    with open_private_log(out_path) as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            tail = out_path.read_text(errors="replace").splitlines()[-5:]
             _err("the daemon exited at once:\n  " + "\n  ".join(tail))
             return code if code in (EXIT_USAGE, EXIT_FAILED) else EXIT_FAILED
         pid = _daemon_pid(sock)
         if pid is not None:
-            print(f"started (pid {pid}) on {sock}; log: {log_path}")
+            print(f"started (pid {pid}) on {sock}; log: {log_dir() / DAEMON_LOG}")
             return _front_door_check(sock)
         time.sleep(0.05)
-    _err(f"the daemon did not answer within {START_TIMEOUT:.0f}s; see {log_path}")
+    _err(
+        f"the daemon did not answer within {START_TIMEOUT:.0f}s; see {out_path} and {log_dir() / DAEMON_LOG}"
+    )
     return EXIT_FAILED
+
+
+# ---------------------------------------------------------------- logs
+
+
+def _log_lines(data: bytes, json_only: bool) -> list[str]:
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return [line for line in lines if line.startswith("{")] if json_only else lines
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise UsageError("-n expects a number of lines >= 0")
+    if args.json:
+        from ..config import ConfigError, load_config
+
+        try:
+            fmt = load_config(_config(args)).logging.format
+        except ConfigError as e:
+            _err(f"bad config: {e}")
+            return EXIT_USAGE
+        if fmt != "json":
+            raise UsageError('--json needs `format = "json"` in the [logging] table of the config')
+    path = log_dir() / DAEMON_LOG
+    try:
+        f = open(path, "rb")  # noqa: SIM115  (reopened after a rotation while following)
+    except FileNotFoundError:
+        if not args.follow:
+            _err(f"no log yet at {path}")
+            return EXIT_FAILED
+        f = None
+    try:
+        if f is not None:
+            tail = _log_lines(f.read(), args.json)[-args.lines :] if args.lines else []
+            for line in tail:
+                print(line)
+            sys.stdout.flush()
+        if args.follow:
+            _follow(path, f, args.json)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if f is not None:
+            f.close()
+    return EXIT_OK
+
+
+def _follow(path: Path, current: BinaryIO | None, json_only: bool) -> None:
+    """Print what is appended to `path` until Ctrl-C; after a rotation (a new file, or a shorter one)
+    the rest of the old one, then the new one. Closes the file it holds when it returns."""
+    partial = b""
+
+    def emit(chunk: bytes) -> bytes:
+        data, newline, rest = (partial + chunk).rpartition(b"\n")
+        for line in _log_lines(data, json_only) if newline else ():
+            print(line, flush=True)
+        return rest
+
+    try:
+        while True:
+            chunk = current.read() if current is not None else b""
+            if chunk:
+                partial = emit(chunk)
+                continue
+            time.sleep(0.2)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if (
+                current is None
+                or st.st_ino != os.fstat(current.fileno()).st_ino
+                or st.st_size < current.tell()
+            ):
+                if current is not None:
+                    emit(current.read())  # what was written before the rename
+                    current.close()
+                partial = b""
+                try:
+                    current = open(path, "rb")  # noqa: SIM115  (closed at the next rotation, or at exit)
+                except FileNotFoundError:
+                    current = None
+    finally:
+        if current is not None:
+            current.close()  # the file in hand (the first one, or one opened after a rotation)
 
 
 def _front_door_check(sock: Path) -> int:
@@ -477,7 +574,7 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     tmp.replace(svc.path)
     print(f"wrote {svc.path}")
     if svc.log_dir is not None:  # the service manager appends there: make the log private first
-        open_private_log(svc.log_dir / service.LOG_NAME).close()
+        open_private_log(svc.log_dir / DAEMON_OUT).close()
     for cmd in svc.prepare:
         _run_tool(cmd, quiet=True)
     undo = "cmctl service uninstall"
@@ -555,17 +652,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "serve",
         "run the daemon in the foreground (for systemd/launchd and tests)",
-        "Run the daemon in the foreground until SIGTERM, SIGINT or `cmctl stop`. Logs go to stderr.",
+        "Run the daemon in the foreground until SIGTERM, SIGINT or `cmctl stop`. Logs go to the file "
+        "`cmctl logs` shows (to stderr with `file = false` in [logging]).",
     )
     p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
     p.set_defaults(func=cmd_serve)
     p = add(
         "start",
         "start the daemon in the background; returns once it answers",
-        f"Start the daemon detached, logging to {log_dir() / 'daemon.log'}; returns once it answers.",
+        f"Start the daemon detached, logging to {log_dir() / DAEMON_LOG}; returns once it answers.",
     )
     p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
     p.set_defaults(func=cmd_start)
+    p = add(
+        "logs",
+        "show the daemon's log (one line per request, failover and health change)",
+        f"Print the last lines of {log_dir() / DAEMON_LOG}; with -f keep printing what is appended "
+        "(across rotations) until Ctrl-C.",
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    p.add_argument(
+        "-n", "--lines", type=int, default=50, metavar="N", help="lines to show first (default 50)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help='print only the JSON lines (needs `format = "json"` in [logging])'
+    )
+    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
+    p.set_defaults(func=cmd_logs)
     p = add("stop", "stop the daemon gracefully (in-flight answers get a few seconds to finish)")
     p.set_defaults(func=cmd_stop)
     p = add(
@@ -655,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and again when it fails. Linux: a systemd user unit "
         f"({service.unit_path()}), logging to the journal. macOS: a launchd agent "
         f"(~/Library/LaunchAgents/{service.LABEL}.plist, RunAtLoad, KeepAlive), logging to "
-        f"{service.macos_log_dir() / service.LOG_NAME}. The service runs this Python "
+        f"{service.macos_log_dir() / DAEMON_OUT}. The service runs this Python "
         f"({sys.executable}), so it serves what this install has.",
     )
     service_parser = p

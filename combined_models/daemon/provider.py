@@ -57,6 +57,7 @@ MAX_COUNT_BODY = 64 * 1024  # a count answer is a few bytes
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
 
 log = logging.getLogger("combined_models.daemon")
+health_log = logging.getLogger("combined_models.health")
 
 OnItems = Callable[[list[DecodedItem]], Awaitable[None]]  # what one read of the body decoded to
 
@@ -431,7 +432,13 @@ class ProviderActor:
 
     def _record_failure(self, model: str, e: UpstreamError) -> None:
         now = trio.current_time()
+        before, _ = self._health.summary(now, self._offered)
         self._health.fail(model, now, e.kind, e.retry_after)
+        state, cooldown = self._health.summary(now, self._offered)
+        if state is not before:
+            event: dict[str, object] = {"event": "health", "provider": self.id, "model": model}
+            event |= {"state": state.value, "reason": e.kind.value, "cooldown_s": round(cooldown, 3)}
+            health_log.info("health %s %s", self.id, state.value, extra={"event": event})
         if e.kind in NO_PENALTY:
             return
         self._failures += 1

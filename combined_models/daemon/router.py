@@ -7,9 +7,24 @@ streams to the caller, and reports the outcome back. Every decision is the engin
 
 from __future__ import annotations
 
+import itertools
+import logging
+from dataclasses import dataclass, field
+
 import trio
 
-from ..chat import ChatRequest, DecodedItem, ErrorEvent, ErrorKind
+from ..chat import (
+    ChatRequest,
+    DecodedItem,
+    DoneEvent,
+    ErrorEvent,
+    ErrorKind,
+    FailoverEvent,
+    StreamEvent,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
 from ..config import FailoverConfig
 from .affinity import Affinity, continues, conversation_key
 from .engine import Failover, Retry, Stop, Try, Wait
@@ -17,15 +32,75 @@ from .errors import UpstreamError
 from .facade import Send
 from .registry import Registry, UnknownModel
 
+log = logging.getLogger("combined_models.requests")
+CONTENT = (TextEvent, ThinkingEvent, ToolCallEvent)
+
+
+@dataclass
+class Trace:
+    """What one request's log line says: noted from what the caller is sent and what was tried."""
+
+    id: int
+    model: str
+    start: float
+    tried: list[str] = field(default_factory=list)
+    outcome: str | None = None
+    served_by: str | None = None
+    first_content: float | None = None
+
+    def saw(self, events: list[StreamEvent]) -> None:
+        for e in events:
+            if isinstance(e, CONTENT):
+                if self.first_content is None:
+                    self.first_content = trio.current_time()
+            elif isinstance(e, DoneEvent):
+                self.outcome, self.served_by = "done", e.provider
+            elif isinstance(e, ErrorEvent):
+                self.outcome = e.kind.value
+
+    def event(self, end: float) -> dict[str, object]:
+        ttft = None if self.first_content is None else round((self.first_content - self.start) * 1000, 1)
+        return {
+            "event": "request",
+            "request": self.id,
+            "model": self.model,
+            "tried": list(self.tried),
+            "outcome": self.outcome,
+            "served_by": self.served_by,
+            "ttft_ms": ttft,
+            "total_ms": round((end - self.start) * 1000, 1),
+        }
+
 
 class Router:
     def __init__(self, registry: Registry, policy: FailoverConfig) -> None:
         self.registry = registry
         self.policy = policy
         self.affinity = Affinity(policy.affinity_ttl)
+        self._ids = itertools.count(1)
 
     async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
-        """Serve one request through its chain; always ends with a `done` or an `error` event."""
+        """Serve one request through its chain; always ends with a `done` or an `error` event.
+
+        Logs exactly one request line, however it ends (cancelled by a caller gone away too).
+        """
+        trace = Trace(id=next(self._ids), model=model, start=trio.current_time())
+
+        async def noted(events: list[StreamEvent]) -> None:
+            trace.saw(events)
+            await send(events)
+
+        try:
+            await self._serve(model, request, noted, trace)
+        except BaseException as e:
+            if trace.outcome is None:
+                trace.outcome = "cancelled" if isinstance(e, trio.Cancelled) else "aborted"
+            raise
+        finally:
+            event = trace.event(trio.current_time())
+            log.info("request %s %s", event["outcome"], model, extra={"event": event})
+
+    async def _serve(self, model: str, request: ChatRequest, send: Send, trace: Trace) -> None:
         try:
             chain = self.registry.resolve(model)
         except UnknownModel as e:
@@ -42,15 +117,17 @@ class Router:
             elif isinstance(step, Stop):
                 await send(step.events)
                 return
-            elif await self._attempt(run, step, now, send):
+            elif await self._attempt(run, step, now, send, trace):
                 self.affinity.served(
                     conversation, (step.member.provider, step.member.model), trio.current_time()
                 )
                 return
 
-    async def _attempt(self, run: Failover, step: Try, now: float, send: Send) -> bool:
+    async def _attempt(self, run: Failover, step: Try, now: float, send: Send, trace: Trace) -> bool:
         """One attempt on the member the engine chose; True when the answer is complete."""
         member, relay = step.member, step.relay
+        if (name := f"{member.provider}/{member.model}") not in trace.tried:
+            trace.tried.append(name)
         actor = self.registry.actors[member.provider]
         probe = False
         if step.admit:  # no checkpoint since the engine looked: the admission is the one it saw
@@ -58,6 +135,15 @@ class Router:
             assert admission.decision != "wait", admission
             probe = admission.decision == "probe"
         if step.announce:
+            for e in step.announce:
+                if isinstance(e, FailoverEvent):
+                    fields = {"from": e.from_, "to": e.to, "reason": e.reason, "after_output": e.after_output}
+                    log.info(
+                        "failover %s -> %s",
+                        e.from_,
+                        e.to,
+                        extra={"event": {"event": "failover", "request": trace.id, **fields}},
+                    )
             await send(step.announce)
 
         async def on_items(items: list[DecodedItem]) -> None:

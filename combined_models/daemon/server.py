@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket as pysocket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,13 @@ import trio
 
 from ..chat import ChatRequest
 from ..config import Config, HttpConfig, LimitsConfig
-from ..paths import check_socket_path, ensure_private_dir, runtime_dir, state_file
+from ..paths import check_socket_path, ensure_private_dir, log_dir, runtime_dir, state_file
 from ..protocol import ModelsInfo, StatusInfo
 from .accept import raise_open_files_limit
 from .counting import count_tokens
 from .facade import CountResult, Send
 from .gateway import Gateway
+from .logs import setup_logging
 from .registry import Registry
 from .router import Router
 from .socket_door import SocketDoor
@@ -247,12 +247,7 @@ def make_server(
 
 def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) -> None:
     """Serve in the foreground until SIGTERM/SIGINT or `cmctl stop`."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every request at INFO, between the headers and the first body byte: on the
-    # first-token path. Its warnings still come through.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging(cfg.logging, log_dir())  # stderr keeps only what escapes logging
     before, after = raise_open_files_limit()  # room for many clients and upstream connections
     if after != before:
         log.debug("open files limit raised from %d to %d", before, after)
