@@ -178,10 +178,7 @@ class OpenAIDialect:
             ]
             if request.tool_choice:
                 body["tool_choice"] = _tool_choice(request.tool_choice)
-        headers = {"content-type": "application/json", "accept": "text/event-stream", **endpoint.headers}
-        if endpoint.api_key:
-            headers["authorization"] = f"Bearer {endpoint.api_key}"
-        return HttpRequest("POST", join_url(endpoint.base_url, "chat/completions"), headers, json_body(body))
+        return streaming_post(endpoint, "chat/completions", body)
 
     def stream_decoder(self) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder()
@@ -221,11 +218,21 @@ def openai_error(
     return UpstreamError(kind, f"HTTP {status}: {short(message)}", status=status, retry_after=retry)
 
 
-def list_models_request(endpoint: Endpoint) -> HttpRequest:
-    headers = {"accept": "application/json", **endpoint.headers}
+def _headers(endpoint: Endpoint, accept: str) -> dict[str, str]:
+    headers = {"accept": accept, **endpoint.headers}
     if endpoint.api_key:
         headers["authorization"] = f"Bearer {endpoint.api_key}"
-    return HttpRequest("GET", join_url(endpoint.base_url, "models"), headers)
+    return headers
+
+
+def streaming_post(endpoint: Endpoint, path: str, body: dict[str, Any]) -> HttpRequest:
+    """A POST of JSON whose answer streams as SSE, the key as a bearer token."""
+    headers = {"content-type": "application/json", **_headers(endpoint, "text/event-stream")}
+    return HttpRequest("POST", join_url(endpoint.base_url, path), headers, json_body(body))
+
+
+def list_models_request(endpoint: Endpoint) -> HttpRequest:
+    return HttpRequest("GET", join_url(endpoint.base_url, "models"), _headers(endpoint, "application/json"))
 
 
 def parse_model_ids(body: bytes) -> tuple[list[str], str | None]:

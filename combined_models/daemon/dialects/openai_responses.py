@@ -44,11 +44,9 @@ from .base import (
     SSEJsonDecoder,
     event_object,
     inband_error,
-    join_url,
-    json_body,
     loads_json,
 )
-from .openai import list_models_request, openai_error, parse_model_ids
+from .openai import list_models_request, openai_error, parse_model_ids, streaming_post
 from .sse import SSEEvent
 
 # The smallest `max_output_tokens` the API takes; a smaller cap (a continuation's rest) is raised to it.
@@ -174,10 +172,7 @@ class OpenAIResponsesDialect:
             body["reasoning"] = {"effort": _effort(request.thinking_budget), "summary": "auto"}
         if request.cache_key:
             body["prompt_cache_key"] = request.cache_key
-        headers = {"content-type": "application/json", "accept": "text/event-stream", **endpoint.headers}
-        if endpoint.api_key:
-            headers["authorization"] = f"Bearer {endpoint.api_key}"
-        return HttpRequest("POST", join_url(endpoint.base_url, "responses"), headers, json_body(body))
+        return streaming_post(endpoint, "responses", body)
 
     def stream_decoder(self) -> ResponsesStreamDecoder:
         return ResponsesStreamDecoder()
