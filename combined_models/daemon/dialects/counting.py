@@ -90,26 +90,33 @@ def _decoded_body(req: HttpRequest) -> dict[str, Any]:
     return body
 
 
-class AnthropicCounter:
+class _Counter:
+    """One API's count: its own dialect (whose errors it shares); `field` names the count in the answer."""
+
+    field: str
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def parse_count(self, body: bytes) -> int:
+        return parse_count(body, self.field)
+
+
+class AnthropicCounter(_Counter):
     """`POST /v1/messages/count_tokens`: the Messages body without the sampling fields; `input_tokens`."""
 
-    def __init__(self) -> None:
-        self._dialect = AnthropicDialect()
+    field = "input_tokens"
 
-    @property
-    def dialect(self) -> Dialect:
-        return self._dialect
+    def __init__(self) -> None:
+        super().__init__(AnthropicDialect())
 
     def build_count(
         self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
     ) -> HttpRequest:
-        chat = self._dialect.build_chat(request, model, endpoint, now)
+        chat = self.dialect.build_chat(request, model, endpoint, now)
         body = {k: v for k, v in _decoded_body(chat).items() if k in ANTHROPIC_COUNT_FIELDS}
         url = chat.url.rsplit("?", 1)[0] + "/count_tokens"
         return HttpRequest("POST", url, merge_headers(chat.headers, _JSON), json_body(body))
-
-    def parse_count(self, body: bytes) -> int:
-        return parse_count(body, "input_tokens")
 
 
 def foundation_model_id(model: str) -> str:
@@ -122,15 +129,13 @@ def foundation_model_id(model: str) -> str:
     return rest if dot and rest and geography.lower() in PROFILE_GEOGRAPHIES else model
 
 
-class BedrockCounter:
+class BedrockCounter(_Counter):
     """`POST /model/{foundation model}/count-tokens` with the Converse input; `inputTokens`."""
 
-    def __init__(self) -> None:
-        self._dialect = BedrockDialect()
+    field = "inputTokens"
 
-    @property
-    def dialect(self) -> Dialect:
-        return self._dialect
+    def __init__(self) -> None:
+        super().__init__(BedrockDialect())
 
     def build_count(
         self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
@@ -148,31 +153,23 @@ class BedrockCounter:
         headers = {"content-type": "application/json", **_JSON, **endpoint.headers}
         return _authorized("POST", url, headers, body, endpoint, now)
 
-    def parse_count(self, body: bytes) -> int:
-        return parse_count(body, "inputTokens")
 
-
-class GeminiCounter:
+class GeminiCounter(_Counter):
     """`POST models/{model}:countTokens` with the whole GenerateContentRequest; `totalTokens`."""
 
-    def __init__(self) -> None:
-        self._dialect = GeminiDialect()
+    field = "totalTokens"
 
-    @property
-    def dialect(self) -> Dialect:
-        return self._dialect
+    def __init__(self) -> None:
+        super().__init__(GeminiDialect())
 
     def build_count(
         self, request: ChatRequest, model: str, endpoint: Endpoint, now: datetime | None = None
     ) -> HttpRequest:
-        chat = self._dialect.build_chat(request, model, endpoint, now)
+        chat = self.dialect.build_chat(request, model, endpoint, now)
         # Only `generateContentRequest` carries the system instruction and tools, and it names its model.
         body = {"generateContentRequest": {"model": f"models/{_model_id(model)}", **_decoded_body(chat)}}
         url = join_url(endpoint.base_url, f"models/{_model_id(model)}:countTokens")
         return HttpRequest("POST", url, merge_headers(chat.headers, _JSON), json_body(body))
-
-    def parse_count(self, body: bytes) -> int:
-        return parse_count(body, "totalTokens")
 
 
 _COUNTERS: Mapping[str, type[Counter]] = {
