@@ -350,6 +350,9 @@ class FakeDaemon:
     async def refresh_catalogs(self) -> None:
         pass
 
+    def metrics_text(self) -> bytes:
+        return b""
+
     async def count_tokens(self, model: str, request: ChatRequest) -> CountResult:
         return CountResult(outcome="unsupported", message="the fake daemon counts nothing")
 

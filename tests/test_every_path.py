@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
 from combined_models import __version__
 from combined_models.daemon.gateway.server import (
@@ -68,6 +70,7 @@ class Route:
     provider: str = ""  # the `x-combined-models-provider` of a served answer
     open: bool = False  # answers without the token (the liveness probe)
     varying_length: bool = False  # its body changes between two asks (uptime): content-length too
+    content_type: str = "application/json"  # of its answer when served (errors are always JSON)
 
     @property
     def path(self) -> str:
@@ -92,6 +95,7 @@ ROUTES = [
     Route("messages-beta", "/v1/messages?beta=true", WRITE, "POST", 200, MESSAGES, "anthropic", "first"),
     Route("responses", "/v1/responses", WRITE, "POST", 200, RESPONSES, provider="first"),
     Route("responses-bare", "/responses", WRITE, "POST", 200, RESPONSES, provider="first"),
+    Route("metrics", "/metrics", READ, "GET", 200, content_type=CONTENT_TYPE_LATEST),
     Route("count", COUNT_TOKENS_PATH, WRITE, "POST", 200, COUNT, "anthropic", COUNTER),
     Route("count-beta", f"{COUNT_TOKENS_PATH}?beta=true", WRITE, "POST", 200, COUNT, "anthropic", COUNTER),
     Route("unknown", "/nope", None, "GET", 404),
@@ -292,7 +296,7 @@ async def test_head_is_the_head_a_get_gets_without_a_body(
         origin
     )
     assert head.headers["server"] == SERVER
-    assert head.headers["content-type"] == "application/json"
+    assert head.headers["content-type"] == (route.content_type if status < 400 else "application/json")
     # Without the token the connection closes (the liveness probe's too); with it, it stays.
     assert head.headers.get("connection") == (None if token else "close")
 
@@ -381,7 +385,7 @@ async def test_the_allowed_method_serves(short_dir: Path, route: Route, token: b
         )
     status = expected_status(route, route.method, token=token)
     assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["content-type"] == (route.content_type if status < 400 else "application/json")
     assert "allow" not in reply.headers
     if status >= 400:
         assert error_type(route, reply) == expected_error_type(route, status)
@@ -389,6 +393,10 @@ async def test_the_allowed_method_serves(short_dir: Path, route: Route, token: b
             assert reply.headers["www-authenticate"] == "Bearer"
         return
     assert reply.headers.get("x-combined-models-provider") == (route.provider or None)
+    if route.path == "/metrics":
+        names = {f.name for f in text_string_to_metric_families(reply.text)}
+        assert {"cm_requests", "cm_provider_state"} <= names
+        return
     body = reply.json()
     if route.path in ("/health",):
         assert body["status"] == "ok" and ("status_info" in body) == token

@@ -87,3 +87,7 @@ class DaemonFacade(Protocol):
     async def refresh_catalogs(self) -> None:
         """Ask every provider for its models again."""
         ...
+
+    def metrics_text(self) -> bytes:
+        """The daemon's metrics in the Prometheus text format."""
+        ...

@@ -30,6 +30,7 @@ from .affinity import Affinity, continues, conversation_key
 from .engine import Failover, Retry, Stop, Try, Wait
 from .errors import UpstreamError
 from .facade import Send
+from .metrics import Metrics
 from .registry import Registry, UnknownModel
 
 log = logging.getLogger("combined_models.requests")
@@ -47,12 +48,22 @@ class Trace:
     outcome: str | None = None
     served_by: str | None = None
     first_content: float | None = None
+    failed_at: float | None = None  # when the last attempt failed
+    failover_from: float | None = None  # a failover was announced: its failure's time, until content comes
+    failover_latencies: list[float] = field(default_factory=list)
 
     def saw(self, events: list[StreamEvent]) -> None:
         for e in events:
             if isinstance(e, CONTENT):
+                now = trio.current_time()
                 if self.first_content is None:
-                    self.first_content = trio.current_time()
+                    self.first_content = now
+                if self.failover_from is not None:
+                    self.failover_latencies.append(now - self.failover_from)
+                    self.failover_from = None
+            elif isinstance(e, FailoverEvent):
+                if self.failover_from is None:
+                    self.failover_from = self.failed_at
             elif isinstance(e, DoneEvent):
                 self.outcome, self.served_by = "done", e.provider
             elif isinstance(e, ErrorEvent):
@@ -73,8 +84,9 @@ class Trace:
 
 
 class Router:
-    def __init__(self, registry: Registry, policy: FailoverConfig) -> None:
+    def __init__(self, registry: Registry, policy: FailoverConfig, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics if metrics is not None else Metrics(registry)
         self.policy = policy
         self.affinity = Affinity(policy.affinity_ttl)
         self._ids = itertools.count(1)
@@ -99,6 +111,8 @@ class Router:
         finally:
             event = trace.event(trio.current_time())
             log.info("request %s %s", event["outcome"], model, extra={"event": event})
+            ttft = None if trace.first_content is None else trace.first_content - trace.start
+            self.metrics.request(model, trace.outcome or "aborted", ttft, trace.failover_latencies)
 
     async def _serve(self, model: str, request: ChatRequest, send: Send, trace: Trace) -> None:
         try:
@@ -138,6 +152,7 @@ class Router:
             for e in step.announce:
                 if isinstance(e, FailoverEvent):
                     fields = {"from": e.from_, "to": e.to, "reason": e.reason, "after_output": e.after_output}
+                    self.metrics.failover(e.from_, e.to, e.reason, e.after_output)
                     log.info(
                         "failover %s -> %s",
                         e.from_,
@@ -154,10 +169,13 @@ class Router:
         try:
             finished = await actor.attempt(step.request, member.model, on_items, probe=probe)
         except UpstreamError as e:
-            outcome = run.failed(e, trio.current_time())
+            trace.failed_at = trio.current_time()
+            self.metrics.attempt(member.provider, member.model, e.kind.value)
+            outcome = run.failed(e, trace.failed_at)
             if isinstance(outcome, Retry) and outcome.no_prefill:
                 actor.prefill_rejected(member.model)
             return False
+        self.metrics.attempt(member.provider, member.model, "ok", finished.usage)
         done = run.succeeded(finished)
         if done.saved_failover:
             actor.saved_failover()

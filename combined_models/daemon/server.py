@@ -29,6 +29,7 @@ from .counting import count_tokens
 from .facade import CountResult, Send
 from .gateway import Gateway
 from .logs import setup_logging
+from .metrics import Metrics
 from .registry import Registry
 from .router import Router
 from .socket_door import SocketDoor
@@ -141,13 +142,17 @@ class ServerFacade:
     async def refresh_catalogs(self) -> None:
         await self._server.registry.refresh_catalogs()
 
+    def metrics_text(self) -> bytes:
+        return self._server.metrics.render()
+
 
 class Server:
     """One daemon: its registry and router, its socket door and (when the config turns it on) its HTTP door."""
 
     def __init__(self, registry: Registry, socket_path: Path) -> None:
         self.registry = registry
-        self.router = Router(registry, registry.cfg.failover)
+        self.metrics = Metrics(registry)
+        self.router = Router(registry, registry.cfg.failover, self.metrics)
         self.socket_path = socket_path
         self.stopping = False
         self.active = 0

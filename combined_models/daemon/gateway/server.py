@@ -29,6 +29,7 @@ from typing import Any
 import h11
 import msgspec
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ... import __version__
 from ...chat import ErrorEvent, ErrorKind, StreamEvent
@@ -61,6 +62,7 @@ ALLOWED_METHODS = {
     "openai_responses": "POST, OPTIONS",
     "models": "GET, HEAD, OPTIONS",
     "count_tokens": "POST, OPTIONS",
+    "metrics": "GET, HEAD, OPTIONS",
 }
 EVERY_METHOD = "GET, HEAD, POST, OPTIONS"
 # What a browser page may send, when its origin is allowed (answered in the preflight).
@@ -79,6 +81,8 @@ def endpoint_of(path: str) -> str | None:
         return "health"
     if path == COUNT_TOKENS_PATH:
         return "count_tokens"
+    if path == "/metrics":
+        return "metrics"
     for front in FRONT_ENDS:
         if path in front.chat_paths:
             return front.name
@@ -464,6 +468,10 @@ class Gateway:
             return await self._models(conn, incoming)
         if endpoint == "count_tokens":
             return await self._count_tokens(conn, body)
+        if endpoint == "metrics":
+            text = self.daemon.metrics_text()
+            head = Head(200, [("content-type", CONTENT_TYPE_LATEST), ("content-length", str(len(text)))])
+            return await conn.write([head, text], end=True)
         return await self._chat(conn, CHAT_ENDPOINTS[endpoint], body, incoming.headers)
 
     async def _not_allowed(
