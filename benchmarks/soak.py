@@ -11,6 +11,11 @@ truncated-presented-as-complete (must be 0), hang (no end within HANG_S) or drop
 connection ended with neither). The daemon is watched: a death is counted, its last stderr lines
 printed, and it is restarted. Exit 1 on any truncated-as-complete, hang or restart, RSS growth
 of 10% or more after the warm-up, or a daemon that does not answer at the end.
+
+The daemon logs JSON lines with small rotation limits (`--log-max-bytes`, `--log-backups`), and
+the run follows them as a user would, with `cmctl logs -f --json`. It also fails when the log dir
+holds more files than the limits allow, or when the request lines are not exactly one per request
+the daemon counted (ids 1..N, each once, N the `cm_requests_total` of its `/metrics`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -34,13 +40,14 @@ from typing import Any, cast
 import httpx
 import msgspec
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from combined_models.chat import DoneEvent, ErrorEvent, StreamEvent, TextEvent
 from combined_models.client.aio import AsyncClient, open_client
 from combined_models.client.sync import DaemonUnavailable
 from combined_models.protocol import PROTOCOL_VERSION, Hello, StatusQuery, encode_frame
 
-from ._procs import MODEL, TEXT, _stop, short_socket_path, simulator, start_daemon, workspace
+from ._procs import MODEL, TEXT, _env, _stop, short_socket_path, simulator, start_daemon, workspace
 
 DIALECTS = ("anthropic", "openai", "gemini")  # the providers, in priority order
 HANG_S = 60.0  # a normal request with no end by then is a hang
@@ -193,6 +200,82 @@ def http_status(data: bytes) -> str:
     return line.decode("latin-1")[9:12] if line.startswith(b"HTTP/1.") else "no response"
 
 
+class LogAudit:
+    """The daemon's log as its user sees it: `cmctl logs -f --json` runs from before the daemon starts
+    (so it misses nothing, across every rotation) and its output is kept in `followed`."""
+
+    def __init__(self, root: Path, config: Path, backups: int) -> None:
+        self.followed = root / "followed.jsonl"
+        self.log_dir = root / "xdg_state_home" / "combined-models" / "log"
+        self.backups = backups
+        cmd = [sys.executable, "-m", "combined_models.client.cli", "logs", "-f", "--json", "-n", "0"]
+        with self.followed.open("wb") as out, (root / "follower.err").open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*cmd, "--config", str(config)],
+                env=_env(root),
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.followed.read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                if isinstance(line := json.loads(raw), dict):
+                    out.append(line)
+        return out
+
+    def request_ids(self) -> Counter[int]:
+        return Counter(
+            line["request"]
+            for line in self.lines()
+            if line.get("event") == "request" and isinstance(line.get("request"), int)
+        )
+
+    async def caught_up(self, expected: int) -> None:
+        """Give the follower (it polls the file) a few seconds to print `expected` request lines."""
+        for _ in range(25):  # polling a file another process writes: nothing to wait on
+            if sum(self.request_ids().values()) >= expected:
+                return
+            await trio.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # what a user's Ctrl-C does; it exits 0
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.log_dir.iterdir()) if self.log_dir.is_dir() else []
+
+    def findings(self, counted: int | None) -> tuple[list[str], list[str]]:
+        """(report lines, failures): the files left and whether every request has exactly one line."""
+        ids = self.request_ids()
+        files = self.files()
+        report = [f"  log files       {len(files)} ({', '.join(files)}), at most {self.backups + 1} allowed"]
+        failures = []
+        if len(files) > self.backups + 1:
+            failures.append(f"{len(files)} files in the log dir")
+        repeated = sorted(i for i, n in ids.items() if n > 1)
+        missing = sorted(set(range(1, (counted or 0) + 1)) - set(ids))
+        report.append(
+            f"  request lines   {sum(ids.values())} for {counted if counted is not None else '?'} requests "
+            f"counted by /metrics; repeated {len(repeated)}, missing {len(missing)}"
+        )
+        if counted is None:
+            failures.append("no request count from /metrics")
+        elif repeated or missing or len(ids) != counted:
+            failures.append(
+                f"request lines are not one per request (repeated ids {repeated[:5]}, missing {missing[:5]}, "
+                f"{len(ids)} distinct for {counted})"
+            )
+        return report, failures
+
+
 class Soak:
     def __init__(
         self, root: Path, config: Path, sock: Path, sims: list[str], args: argparse.Namespace
@@ -205,6 +288,8 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.tally = Tally()
         self.log_mark = 0  # where the running daemon's lines start in the log
+        self.audit = LogAudit(root, config, args.log_backups)  # before the daemon: it misses no line
+        self.requests_counted: int | None = None  # by the daemon's /metrics, at the end
         self.daemon = start_daemon(root, config, sock, self.log)
         self.samples: dict[str, tuple[int, float, int]] = {}  # when -> (pid, RSS in MB, open files)
         self.stop_at = 0.0  # trio clock; set when the load starts
@@ -668,11 +753,37 @@ class Soak:
             await trio.sleep(1)  # let closed connections go before counting descriptors
             self.sample("end")
             await self.final_check()
+            await self.count_requests()
             watchers.cancel_scope.cancel()
 
+    async def count_requests(self) -> None:
+        """The daemon's own count of the requests it served (its `/metrics`), and the log caught up to it."""
+        d = self.daemon
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                r = await http.get(f"http://{d.http}/metrics", headers={"authorization": f"Bearer {d.token}"})
+            r.raise_for_status()
+        except httpx.HTTPError as e:
+            print(f"!! /metrics: {e!r}", flush=True)
+            return
+        families = text_string_to_metric_families(r.text)
+        self.requests_counted = round(
+            sum(
+                s.value
+                for f in families
+                if f.name == "cm_requests"
+                for s in f.samples
+                if s.name.endswith("_total")
+            )
+        )
+        await self.audit.caught_up(self.requests_counted)
+
     def daemon_findings(self) -> list[str]:
-        """Distinct warning/error lines and tracebacks in the daemon's stderr, most frequent first."""
+        """Distinct warning/error lines in its log and tracebacks in its stderr, most frequent first."""
         lines: Counter[str] = Counter()
+        for entry in self.audit.lines():
+            if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                lines[f"{entry['level']} {entry.get('logger')}: {str(entry.get('msg'))[:160]}"] += 1
         for line in self.log.read_text(errors="replace").splitlines():
             if " WARNING " in line or " ERROR " in line or " CRITICAL " in line:
                 lines[line.split(" ", 2)[-1][:200]] += 1  # without the timestamp
@@ -719,10 +830,16 @@ class Soak:
             mb += f"; growth after warm-up {growth:+.1f}%"
         fds = ", ".join(f"{k} {at[k][2]}" for k in ("start", "end") if k in at)
         out += [f"  RSS             {mb}", f"  open files      {fds}"]
+        if t.restarts:  # request ids start again at 1 in a new daemon: nothing to match them with
+            out.append("  log audit       not run (the daemon restarted)")
+        else:
+            report, log_failures = self.audit.findings(self.requests_counted)
+            out += report
+            failures += log_failures
         out.append(f"  final check     {self.alive_at_end or 'not run'}")
         findings = self.daemon_findings()
         if findings:
-            out += ["  daemon stderr (warnings, errors, tracebacks):", *(f"    {f}" for f in findings)]
+            out += ["  daemon log (warnings, errors, tracebacks):", *(f"    {f}" for f in findings)]
         verdict = "FAIL: " + "; ".join(failures) if failures else "PASS"
         out.append(f"INTERRUPTED, so far {verdict}" if self.interrupted else verdict)
         return "\n".join(out), bool(failures)
@@ -779,11 +896,13 @@ def sse_piece(dialect: str, data: dict[str, Any]) -> tuple[str, bool, str | None
     return "", finished, None
 
 
-def config_text(upstreams: list[str]) -> str:
+def config_text(upstreams: list[str], args: argparse.Namespace) -> str:
     ids = [f"sim-{d}" for d in DIALECTS]
     lines = [f"provider_priority = {json.dumps(ids)}", "[failover]"]
     lines += ["first_token_timeout = 3.0", "idle_timeout = 3.0"]  # stalls cost seconds, not minutes
     lines += ["[http]", 'listen = "127.0.0.1:0"']
+    lines += ["[logging]", 'format = "json"', f"max_bytes = {args.log_max_bytes}"]
+    lines.append(f"backup_count = {args.log_backups}")
     for pid, dialect, url in zip(ids, DIALECTS, upstreams, strict=True):
         lines += [f"[providers.{pid}]", f'api = "{dialect}"', f'base_url = "{url}"', 'api_key = "sk-soak"']
         lines.append(f'models = ["{MODEL}"]')
@@ -804,6 +923,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=None, help="seed for every random choice (default: random)"
     )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=64 * 1024,
+        help="the daemon's log rotates past this size; small, so a run rotates often (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-backups", type=int, default=3, help="rotated log files kept (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
@@ -812,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         root = stack.enter_context(workspace())
         upstreams = [stack.enter_context(simulator(root, chunk_delay=0.01, dialect=d)) for d in DIALECTS]
         config = root / "config.toml"
-        config.write_text(config_text(upstreams))
+        config.write_text(config_text(upstreams, args))
         sock = stack.enter_context(short_socket_path())
         soak = Soak(root, config, sock, [origin(u) for u in upstreams], args)
         t = time.monotonic()
@@ -822,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
             soak.interrupted = True
         finally:
             _stop(soak.daemon.proc)
+            soak.audit.stop()
             report, failed = soak.summary()
             print(f"{report}\n  [{time.monotonic() - t:.1f} s]", flush=True)
     return 130 if soak.interrupted else 1 if failed else 0

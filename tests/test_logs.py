@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
 import os
 import stat
 from collections.abc import Iterator
@@ -195,3 +196,37 @@ def test_following_reads_across_a_rotation(tmp_path: Path, capsys: pytest.Captur
         mod.time.sleep = orig
         f.close()
     assert capsys.readouterr().out == "old 2\npartial\nnew 1\n"
+
+
+@pytest.mark.parametrize("backups", [2, 1])
+def test_following_misses_no_file_when_two_rotations_come_between_looks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, backups: int
+) -> None:
+    """With two backups the held file is found as `.2`; with one it was deleted: every backup is newer."""
+    path = tmp_path / "daemon.log"
+    path.write_bytes(b"a\n")
+    f = open(path, "rb")  # noqa: SIM115
+    f.read()
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=1, backupCount=backups)
+    sleeps = 0
+
+    def fake_sleep(_: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps == 1:  # two records, each past max_bytes: two rollovers while nobody looks
+            for msg in ("b", "c"):
+                handler.emit(logging.makeLogRecord({"msg": msg}))
+        elif sleeps > 3:
+            raise KeyboardInterrupt
+
+    import combined_models.client.cli as mod
+
+    monkeypatch.setattr(mod.time, "sleep", fake_sleep)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mod._follow(path, f, False)
+    finally:
+        handler.close()
+        f.close()
+    # "b" went to a file the follower never had open, now `daemon.log.1`.
+    assert capsys.readouterr().out == "b\nc\n"

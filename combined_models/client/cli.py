@@ -7,6 +7,7 @@ Heavy modules (trio, httpx, the daemon) are imported only by the commands that n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import subprocess
@@ -177,6 +178,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rotated_after(path: Path, held: int) -> list[Path]:
+    """The rotated files (`daemon.log.1`, ...) newer than the file whose inode is `held`, oldest first:
+    two rotations between two looks leave a whole file the follower never had open."""
+    backups = []
+    for k in range(1, 10_000):  # bounded: far more than any backup_count
+        backup = path.with_name(f"{path.name}.{k}")
+        try:
+            if os.stat(backup).st_ino == held:
+                break
+        except FileNotFoundError:
+            break  # past the last one: the held file was deleted, so every backup is newer
+        backups.append(backup)
+    return backups[::-1]
+
+
 def _follow(path: Path, current: BinaryIO | None, json_only: bool) -> None:
     """Print what is appended to `path` until Ctrl-C; after a rotation (a new file, or a shorter one)
     the rest of the old one, then the new one. Closes the file it holds when it returns."""
@@ -206,7 +222,13 @@ def _follow(path: Path, current: BinaryIO | None, json_only: bool) -> None:
             ):
                 if current is not None:
                     emit(current.read())  # what was written before the rename
+                    held = os.fstat(current.fileno()).st_ino
                     current.close()
+                    partial = b""
+                    if st.st_ino != held:  # rotated, maybe more than once since the last look
+                        for newer in _rotated_after(path, held):
+                            with contextlib.suppress(FileNotFoundError), open(newer, "rb") as f:
+                                emit(f.read())
                 partial = b""
                 try:
                     current = open(path, "rb")  # noqa: SIM115  (closed at the next rotation, or at exit)
