@@ -290,7 +290,11 @@ class Soak:
         self.log_mark = 0  # where the running daemon's lines start in the log
         self.audit = LogAudit(root, config, args.log_backups)  # before the daemon: it misses no line
         self.requests_counted: int | None = None  # by the daemon's /metrics, at the end
-        self.daemon = start_daemon(root, config, sock, self.log)
+        try:
+            self.daemon = start_daemon(root, config, sock, self.log)
+        except BaseException:
+            self.audit.stop()
+            raise
         self.samples: dict[str, tuple[int, float, int]] = {}  # when -> (pid, RSS in MB, open files)
         self.stop_at = 0.0  # trio clock; set when the load starts
         self.alive_at_end = ""
