@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import trio
 
 from combined_models.client import cli
 from combined_models.config import ConfigError, LoggingConfig, parse_config
-from combined_models.daemon.logs import JsonFormatter, TextFormatter, setup_logging
+from combined_models.daemon.logs import BackgroundHandler, JsonFormatter, TextFormatter, setup_logging
 from combined_models.paths import log_dir
 from combined_models.simulator import Fault
 
@@ -79,9 +80,10 @@ def restore_root() -> Iterator[None]:
 @pytest.mark.usefixtures("restore_root")
 def test_rotation_keeps_a_bounded_number_of_private_files(tmp_path: Path) -> None:
     d = tmp_path / "logs"
-    setup_logging(LoggingConfig(format="json", max_bytes=1024, backup_count=2), d)
+    handler = setup_logging(LoggingConfig(format="json", max_bytes=1024, backup_count=2), d)
     for i in range(200):
         logging.getLogger("combined_models.requests").info("line %d", i, extra={"event": {"request": i}})
+    handler.flush()  # the writer thread has written everything
     names = sorted(p.name for p in d.iterdir())
     assert names == ["daemon.log", "daemon.log.1", "daemon.log.2"]
     for p in d.iterdir():
@@ -95,8 +97,9 @@ def test_rotation_keeps_a_bounded_number_of_private_files(tmp_path: Path) -> Non
 @pytest.mark.usefixtures("restore_root")
 def test_without_a_file_the_log_goes_to_the_stream(tmp_path: Path) -> None:
     out = io.StringIO()
-    setup_logging(LoggingConfig(file=False), tmp_path / "logs", stream=out)
+    handler = setup_logging(LoggingConfig(file=False), tmp_path / "logs", stream=out)
     logging.getLogger("combined_models.daemon").info("hello")
+    handler.flush()
     assert out.getvalue().rstrip().endswith("combined_models.daemon: hello")
     assert not (tmp_path / "logs").exists()
 
@@ -230,3 +233,53 @@ def test_following_misses_no_file_when_two_rotations_come_between_looks(
         f.close()
     # "b" went to a file the follower never had open, now `daemon.log.1`.
     assert capsys.readouterr().out == "b\nc\n"
+
+
+class StalledDisk(logging.Handler):
+    """A target whose writes block until released, as on a network home that stopped answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.unblock = threading.Event()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.entered.set()
+        self.unblock.wait(timeout=30)
+        self.lines.append(record.getMessage())
+
+
+def test_a_stalled_disk_neither_blocks_the_caller_nor_grows_the_queue() -> None:
+    disk = StalledDisk()
+    handler = BackgroundHandler(disk, limit=5)
+    logger = logging.Logger("stalled")  # not the root: nothing else sees these
+    logger.addHandler(handler)
+    try:
+        logger.info("line 0")
+        assert disk.entered.wait(timeout=10)  # the writer is stuck in the disk with line 0
+        for i in range(1, 50):  # each would block if writes were synchronous
+            logger.info("line %d", i)
+        assert handler.dropped == 44  # five wait; the rest are dropped and counted
+    finally:
+        disk.unblock.set()
+    handler.flush()
+    note = "44 log records dropped: the log could not be written fast enough"
+    assert disk.lines == ["line 0", note, *(f"line {i}" for i in range(1, 6))]
+    handler.close()
+
+
+def test_closing_writes_what_waits_and_a_message_is_merged_when_logged() -> None:
+    disk = StalledDisk()
+    disk.unblock.set()
+    handler = BackgroundHandler(disk)
+    logger = logging.Logger("closing")
+    logger.addHandler(handler)
+    args = ["first"]
+    logger.info("value %s", args)
+    args[0] = "changed"  # after the call: the line keeps what was logged
+    for i in range(100):
+        logger.info("line %d", i)
+    handler.close()
+    assert disk.lines[0] == "value ['first']"
+    assert len(disk.lines) == 101
