@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -135,6 +135,33 @@ class LoggingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backup_count: int = 5  # rotated files kept beside `daemon.log`
 
 
+class SharedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The optional shared health backend: Valkey or Redis, shared by a team's daemons (README: Teams)."""
+
+    url: str | None = None  # redis://host:port[/db] or rediss://… (TLS); None: nothing is shared
+    username: str | None = None  # an ACL user (default: the server's default user)
+    password: str | None = None
+    password_env: str | None = None  # the environment variable holding the password
+    # The team's secret: the HMAC key of the account hash (the same on every daemon that shares).
+    secret: str | None = None
+    secret_env: str | None = None
+    prefix: str = "cm"  # of every key and of the channel
+    connect_timeout: float = 2.0  # seconds to connect and say hello
+    command_timeout: float = 2.0  # seconds for one command's answer
+    max_backoff: float = 2.0  # the longest wait between two reconnection attempts
+
+
+def _hide_shared(self: SharedConfig) -> str:
+    shown = ", ".join(
+        f"{f}={getattr(self, f)!r}" for f in self.__struct_fields__ if f not in ("password", "secret")
+    )
+    hidden = ", ".join(f"{f}={'[redacted]' if getattr(self, f) else None}" for f in ("password", "secret"))
+    return f"SharedConfig({shown}, {hidden})"
+
+
+SharedConfig.__repr__ = _hide_shared  # type: ignore[method-assign,assignment]  # secrets never reach a log line
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     provider_priority: list[str] = msgspec.field(default_factory=list)
     min_providers: int = 2
@@ -150,6 +177,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    # How clients reach the daemon: "unix" (a Unix socket) or "tcp" (loopback, token handshake; what
+    # Windows uses). Unset: unix where the OS has Unix sockets. $COMBINED_MODELS_TRANSPORT overrides it.
+    transport: Literal["unix", "tcp"] | None = None
+    shared: SharedConfig = msgspec.field(default_factory=SharedConfig)
 
 
 @dataclass(frozen=True)
@@ -337,6 +368,68 @@ def _check(cfg: Config, source: str) -> None:
     host, sep, port = cfg.http.listen.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not host or int(port) > 65535:
         raise bad("http.listen", f"expected 'host:port', got {cfg.http.listen!r}")
+    _check_shared(cfg.shared, bad)
+
+
+_SHARED_PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+
+
+def _check_shared(sh: SharedConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if sh.url is None:
+        return
+    if why := _bad_store_url(sh.url):
+        raise bad("shared.url", why)
+    if sh.password is not None and sh.password_env is not None:
+        raise bad("shared.password_env", "set either `password` or `password_env`, not both")
+    if sh.secret is not None and sh.secret_env is not None:
+        raise bad("shared.secret_env", "set either `secret` or `secret_env`, not both")
+    if sh.secret is None and sh.secret_env is None:
+        raise bad(
+            "shared.secret",
+            "required with `url`: the team's secret that keys the account hash (or `secret_env`)",
+        )
+    if sh.secret is not None and len(sh.secret) < 16:
+        raise bad("shared.secret", "expected at least 16 characters (it keys the account hash)")
+    if not _SHARED_PREFIX.fullmatch(sh.prefix):
+        raise bad("shared.prefix", f"expected 1-32 letters, digits, '_', '-' or '.', got {sh.prefix!r}")
+    for name in ("connect_timeout", "command_timeout", "max_backoff"):
+        if not getattr(sh, name) > 0:
+            raise bad(f"shared.{name}", f"expected seconds > 0, got {getattr(sh, name)}")
+    import importlib.util
+
+    if importlib.util.find_spec("coredis") is None:
+        raise bad("shared.url", "needs the optional `shared` extra: pip install 'combined-models[shared]'")
+
+
+def _bad_store_url(url: str) -> str:
+    """Why `url` cannot be the shared store's URL ("" when it can)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        return "expected redis://host[:port][/db] or rediss://…"
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return f"expected redis://host[:port][/db] or rediss://… (TLS), got {redact_url(url)!r}"
+    if parts.username or parts.password:
+        return "expected a URL without credentials (use `username` and `password` or `password_env`)"
+    if parts.query or parts.fragment:
+        return "expected a URL without a query or fragment"
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        return f"expected a database number as the path, got {parts.path!r}"
+    return ""
+
+
+def redact_url(url: str) -> str:
+    """`url` without any password it carries (for status and logs)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:[redacted]@" if parts.username else ":[redacted]@"
+        return parts._replace(netloc=user + netloc).geturl()
+    except ValueError:
+        return "[unparsable url]"
 
 
 def _bad_base_url(url: str) -> str:

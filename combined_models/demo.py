@@ -122,7 +122,7 @@ async def _demo(fast: bool, runtime: Path) -> int:
             await nursery.start(sim.run)
         cfg = parse_config(demo_config(sims), "demo config")
         sock = runtime / "daemon.sock"
-        await open_daemon(cfg, sock, nursery)
+        await open_daemon(cfg, sock, nursery, token_file=runtime / "socket-token")  # used over tcp only
         ok = True
         async with open_client(sock) as client:
             models = await client.models()

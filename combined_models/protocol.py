@@ -28,6 +28,9 @@ _LEN = struct.Struct(">I")
 class Hello(msgspec.Struct, tag="hello", tag_field="type", kw_only=True):
     version: int
     client: str = ""
+    # Over loopback TCP: the daemon's socket token (`transport.py`). Unix sockets need none (peer
+    # credentials prove the user) and leave it empty; a daemon that predates it ignores the field.
+    token: str = ""
 
 
 class Chat(msgspec.Struct, tag="chat", tag_field="type", kw_only=True):
@@ -53,9 +56,14 @@ class Shutdown(msgspec.Struct, tag="shutdown", tag_field="type", kw_only=True):
 
 
 class Reload(msgspec.Struct, tag="reload", tag_field="type", kw_only=True):
-    """List every provider's models again now; answered with `models_reply` once done."""
+    """List every provider's models again now; answered with `models_reply` once done.
+
+    `config`: re-read the daemon's config file and apply it instead; answered with `reload_reply`.
+    (A daemon that predates the field ignores it and answers `models_reply`.)
+    """
 
     id: int
+    config: bool = False
 
 
 class ExplainQuery(msgspec.Struct, tag="explain", tag_field="type", kw_only=True):
@@ -121,11 +129,27 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     config: str = ""
     http: str = ""  # the HTTP front door's host:port; empty when it is off
     http_error: str = ""  # why the front door is off although the config turns it on (cannot bind)
+    transport: str = ""  # how the socket door listens: "unix" or "tcp" (loopback, token handshake)
+
+
+class SharedStatus(msgspec.Struct, kw_only=True):
+    """The shared health backend (Valkey or Redis), when the config's `[shared]` names one."""
+
+    state: str = "off"  # off, connecting, connected, down
+    url: str = ""  # without any password
+    last_error: str | None = None  # why it is down, or why it last went down
+    facts_sent: int = 0
+    facts_received: int = 0  # from other daemons (its own echoes are not counted)
+    facts_applied: int = 0  # received facts that lengthened a cooldown here
+    facts_dropped: int = 0  # facts not sent because the queue to the store was full
+    reconnects: int = 0
+    clock_skew_ms: int | None = None  # our clock minus the last sender's, delivery included; None before any
 
 
 class StatusInfo(msgspec.Struct, kw_only=True):
     daemon: DaemonInfo
     providers: list[ProviderStatus]
+    shared: SharedStatus = msgspec.field(default_factory=SharedStatus)
 
 
 class Member(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -148,6 +172,15 @@ class ModelsInfo(msgspec.Struct, kw_only=True):
     truncated: bool = False  # some combined models were left out so the reply fits in one frame
 
 
+class ReloadInfo(msgspec.Struct, kw_only=True):
+    """What a config reload did: applied, or refused with the reason (the config stays as it was)."""
+
+    applied: bool
+    error: str = ""  # why it was refused: the config error naming the file and key, or the daemon's state
+    changes: list[str] = msgspec.field(default_factory=list)  # a line per kind of change
+    restart: list[str] = msgspec.field(default_factory=list)  # changed keys that need a restart
+
+
 class StatusReply(msgspec.Struct, tag="status_reply", tag_field="type", kw_only=True):
     id: int
     status: StatusInfo
@@ -156,6 +189,13 @@ class StatusReply(msgspec.Struct, tag="status_reply", tag_field="type", kw_only=
 class ModelsReply(msgspec.Struct, tag="models_reply", tag_field="type", kw_only=True):
     id: int
     models: ModelsInfo
+
+
+class ReloadReply(msgspec.Struct, tag="reload_reply", tag_field="type", kw_only=True):
+    """The answer to `reload` with `config`: what it did (ask `models` for the combined models after)."""
+
+    id: int
+    result: ReloadInfo
 
 
 class Ok(msgspec.Struct, tag="ok", tag_field="type", kw_only=True):
@@ -177,7 +217,7 @@ class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     retry_after_s: float | None = None
 
 
-ServerFrame = Welcome | Event | StatusReply | ModelsReply | ExplainReply | Ok | Error
+ServerFrame = Welcome | Event | StatusReply | ModelsReply | ExplainReply | ReloadReply | Ok | Error
 
 
 # ------------------------------------------------------------------ codec

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
+import msgspec
 import openai
 import pytest
 import trio
@@ -18,10 +19,30 @@ import trio.testing
 
 from combined_models.chat import DoneEvent, ErrorEvent, StreamEvent, TextEvent
 from combined_models.client.aio import AsyncClient, open_client
+from combined_models.client.sync import locate
 from combined_models.config import Config, parse_config
 from combined_models.daemon import Server, open_daemon
-from combined_models.protocol import FrameDecoder, ServerFrame, server_decoder
+from combined_models.protocol import (
+    FrameDecoder,
+    Hello,
+    ServerFrame,
+    client_decoder,
+    encode_frame,
+    server_decoder,
+)
 from combined_models.simulator import Simulator
+from combined_models.transport import ENV_TRANSPORT, choose_transport
+
+# Every daemon the suite starts (in process or `cmctl serve`) listens this way: the default, or
+# what $COMBINED_MODELS_TRANSPORT says (`./scripts/test` runs the suite once more with tcp).
+TRANSPORT = choose_transport(None)
+TCP = TRANSPORT == "tcp"
+unix_only = pytest.mark.skipif(TCP, reason=f"about Unix sockets themselves; {ENV_TRANSPORT}=tcp")
+
+
+def pytest_report_header() -> str:
+    return f"combined-models transport: {TRANSPORT}"
+
 
 ANSWER = (
     "Failover keeps every request alive: when one provider breaks, the same request continues on the "
@@ -157,11 +178,46 @@ def error_of(events: list[StreamEvent]) -> ErrorEvent:
 # ------------------------------------------------------------------ blocking raw socket clients (run in threads)
 
 
+class RawSocket(socket.socket):
+    """A plain socket to the daemon. Over tcp, the hello its first send starts with carries the token.
+
+    So byte-level tests throw the same bytes either way: after the handshake when they greet
+    first, before it (where only a good hello gets through) when they do not.
+    """
+
+    token = ""
+
+    def sendall(self, data: bytes, flags: int = 0, /) -> None:  # type: ignore[override]
+        if self.token:
+            data, self.token = with_token(bytes(data), self.token), ""
+        super().sendall(data, flags)
+
+
+def with_token(data: bytes, token: str) -> bytes:
+    """`data` with its leading hello frame carrying `token`; unchanged when it does not start with one."""
+    if len(data) >= 4 and len(data) >= 4 + (size := int.from_bytes(data[:4], "big")):
+        try:
+            frame = client_decoder.decode(data[4 : 4 + size])
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            return data
+        if isinstance(frame, Hello):
+            return encode_frame(msgspec.structs.replace(frame, token=token)) + data[4 + size :]
+    return data
+
+
 def raw_connect(path: Path) -> socket.socket:
-    """A plain Unix-socket connection to the daemon, for byte-level tests."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """A plain connection to the daemon (its Unix socket, or the TCP port its endpoint file names)."""
+    found = locate(path)
+    if found is None:
+        s = RawSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(path))
+        return s
+    endpoint, token = found
+    s = RawSocket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(10)
-    s.connect(str(path))
+    s.connect((endpoint.host, endpoint.port))
+    s.token = token
     return s
 
 

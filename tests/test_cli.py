@@ -18,7 +18,7 @@ import trio
 
 from combined_models.simulator import Fault, Simulator
 
-from .conftest import ANSWER, MODEL, config_for
+from .conftest import ANSWER, MODEL, config_for, unix_only
 
 CMCTL = [sys.executable, "-m", "combined_models.client.cli"]
 
@@ -240,6 +240,7 @@ async def test_start_refuses_a_symlinked_log_file(short_dir: Path, user_dirs: Pa
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="socket path limit differs")
+@unix_only
 async def test_a_too_long_socket_path_is_a_clear_error(short_dir: Path) -> None:
     cfg = short_dir / "c.toml"
     cfg.write_text("")

@@ -44,6 +44,7 @@ from combined_models.protocol import (
     Hello,
     Member,
     ModelsInfo,
+    ReloadInfo,
     StatusInfo,
     Welcome,
     encode_frame,
@@ -349,6 +350,9 @@ class FakeDaemon:
 
     async def refresh_catalogs(self) -> None:
         pass
+
+    async def reload_config(self) -> ReloadInfo:
+        return ReloadInfo(applied=False, error="the fake daemon has no config file")
 
     def metrics_text(self) -> bytes:
         return b""

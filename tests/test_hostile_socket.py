@@ -65,6 +65,7 @@ from .conftest import (
     raw_connect,
     read_frames_until_close,
     text_of,
+    unix_only,
 )
 
 HELLO = encode_frame(Hello(version=PROTOCOL_VERSION))
@@ -352,6 +353,7 @@ async def test_a_failing_request_is_answered_as_internal_and_the_connection_goes
 # ------------------------------------------------------------------ peers of another user
 
 
+@unix_only
 async def test_the_daemon_refuses_a_peer_of_another_user(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -363,6 +365,7 @@ async def test_the_daemon_refuses_a_peer_of_another_user(
         await _assert_serving(st)
 
 
+@unix_only
 async def test_clients_refuse_a_daemon_of_another_user(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,11 +43,13 @@ PURE_MODULES = [
     f"{PACKAGE}.capabilities",
     f"{PACKAGE}.limits",
     f"{PACKAGE}.config",
+    f"{PACKAGE}.shared_facts",
     f"{PACKAGE}.metadata",
     f"{PACKAGE}.client.render",
     f"{PACKAGE}.daemon.engine",
     f"{PACKAGE}.daemon.affinity",
     f"{PACKAGE}.daemon.facade",
+    f"{PACKAGE}.daemon.reload",
     f"{PACKAGE}.service",
 ]
 

@@ -43,7 +43,7 @@ from ..protocol import (
     encode_frame,
     server_decoder,
 )
-from .sync import ConnectionClosed, DaemonUnavailable, check_same_user, error_event, make_request
+from .sync import ConnectionClosed, DaemonUnavailable, check_same_user, error_event, locate, make_request
 
 _Item = ServerFrame | ConnectionClosed
 
@@ -180,15 +180,22 @@ class AsyncClient:
 async def open_client(socket_path: str | os.PathLike[str] | None = None) -> AsyncIterator[AsyncClient]:
     """Connect, greet, run the reader; close everything on exit."""
     path = Path(socket_path) if socket_path else default_socket_path()
+    found = locate(path)  # an endpoint file (the tcp transport) or None (a Unix socket); tiny, read at once
+    stream: anyio.abc.SocketStream
     try:
-        stream = await anyio.connect_unix(str(path))
+        if found is not None:
+            stream = await anyio.connect_tcp(found[0].host, found[0].port)
+        else:
+            stream = await anyio.connect_unix(str(path))
     except OSError as e:
         raise DaemonUnavailable(f"no daemon at {path} ({e.strerror or e})") from None
     async with stream:
-        check_same_user(stream.extra(anyio.abc.SocketAttribute.raw_socket), path)
+        if found is None:
+            check_same_user(stream.extra(anyio.abc.SocketAttribute.raw_socket), path)
         client = AsyncClient(stream)
         decoder = FrameDecoder()
-        await client._send(Hello(version=PROTOCOL_VERSION, client="combined-models-async"))
+        token = found[1] if found is not None else ""
+        await client._send(Hello(version=PROTOCOL_VERSION, client="combined-models-async", token=token))
         # The welcome arrives before any reply; read it before starting the router.
         while True:
             try:
@@ -199,6 +206,8 @@ async def open_client(socket_path: str | os.PathLike[str] | None = None) -> Asyn
             if bodies:
                 break
         first = server_decoder.decode(bodies[0])
+        if isinstance(first, Error):
+            raise ConnectionClosed(f"{first.kind}: {first.message}")
         if not isinstance(first, Welcome):
             raise ConnectionClosed(f"unexpected first frame: {first!r}")
         client.welcome = first

@@ -79,13 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from ..daemon import run_daemon
     from ..daemon.server import AlreadyRunning
+    from ..transport import TransportError
 
     try:
         run_daemon(cfg, _socket(args), path)
     except AlreadyRunning as e:
         _err(f"{e}; not starting a second one (stop it with `cmctl stop`)")
         return EXIT_FAILED
-    except PathError as e:
+    except (PathError, TransportError) as e:
         _err(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -438,6 +439,8 @@ def _human(event: StreamEvent, out: dict[str, bool]) -> None:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    if args.config:
+        return _reload_config(args)
     with Client(_socket(args), timeout=120) as c:
         info = c.reload()
         status = c.status()
@@ -445,6 +448,25 @@ def cmd_reload(args: argparse.Namespace) -> int:
         if p.catalog_error:
             _err(f"{p.id}: {p.catalog_error} (serving its {p.catalog} list)")
     print(render_models(info))
+    return EXIT_OK
+
+
+def _reload_config(args: argparse.Namespace) -> int:
+    """`reload --config`: 0 applied, 2 refused (the config error, as `serve` prints it)."""
+    with Client(_socket(args), timeout=120) as c:
+        result = c.reload_config()
+        info = c.models() if result.applied else None
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode(result) + b"\n")
+    if not result.applied:
+        _err(f"bad config: {result.error}; the daemon keeps its running config")
+        return EXIT_USAGE
+    if not args.json:
+        print("config reloaded: " + ("; ".join(result.changes) or "nothing changed"))
+        if info is not None:
+            print(render_models(info))
+    for key in result.restart:
+        _err(f"`{key}` changed: restart the daemon to apply it (`cmctl stop && cmctl start`)")
     return EXIT_OK
 
 
@@ -674,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "serve",
         "run the daemon in the foreground (for systemd/launchd and tests)",
-        "Run the daemon in the foreground until SIGTERM, SIGINT or `cmctl stop`. Logs go to the file "
+        "Run the daemon in the foreground until SIGTERM, SIGINT or `cmctl stop` (SIGHUP re-reads the "
+        "config file, as `cmctl reload --config` does). Logs go to the file "
         "`cmctl logs` shows (to stderr with `file = false` in [logging]).",
     )
     p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG} or {config_file()})")
@@ -726,11 +749,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     p = add(
         "reload",
-        "list every provider's models again now",
-        "Ask the daemon to list every provider's models again (providers with a `models` list in the "
-        "config are not asked) and print the combined models. A provider whose listing fails keeps "
-        "serving its last good list.",
+        "list every provider's models again now; with --config, re-read the config file",
+        "Without --config: ask the daemon to list every provider's models again (providers with a "
+        "`models` list in the config are not asked) and print the combined models. A provider whose "
+        "listing fails keeps serving its last good list. "
+        "With --config: the daemon re-reads the config file it was started with (as SIGHUP does) and "
+        "applies it without cutting answers under way: providers added, removed or changed (a removed "
+        "or changed one finishes what it serves first), provider_priority, [failover], [combined], "
+        "exclude, min_providers. [http], [logging], [limits] and the transport need a restart: they "
+        "are named, not applied. A bad file is refused (exit 2) and the daemon keeps its running config.",
     )
+    p.add_argument(
+        "--config",
+        action="store_true",
+        help="re-read and apply the daemon's config file instead of listing models",
+    )
+    p.add_argument("--json", action="store_true", help="with --config: print the result as one JSON object")
     p.set_defaults(func=cmd_reload)
     p = add(
         "login",

@@ -43,10 +43,14 @@ def render_status(st: StatusInfo) -> str:
     """What `cmctl status` prints: the daemon line, then a row per provider and per model it tracks."""
     d = st.daemon
     lines = [f"daemon  pid {d.pid}  version {d.version}  up {ago(d.uptime_s)}  socket {d.socket}"]
+    if d.transport == "tcp":  # the socket path holds an endpoint file naming a loopback port
+        lines[0] += " (tcp)"
     if d.http:
         lines[0] += f"  http {d.http}"
     if off := front_door_off(d):
         lines.append(off)
+    if shared := shared_line(st):
+        lines.append(shared)
     if not st.providers:
         lines.append("no providers configured (see `cmctl --help` for the config file)")
         return "\n".join(lines)
@@ -106,6 +110,20 @@ def render_models(info: ModelsInfo) -> str:
         rows.append([m.id + (" *" if m.explicit else ""), members])
     note = "\n(* explicit [combined] entry)" if any(m.explicit for m in info.models) else ""
     return table(rows) + note
+
+
+def shared_line(st: StatusInfo) -> str:
+    """The shared health store's line of `cmctl status`; empty when the config names none."""
+    sh = st.shared
+    if sh.state == "off":
+        return ""
+    line = f"shared  {sh.state}  {sh.url}  facts sent {sh.facts_sent}, received {sh.facts_received}"
+    line += f", applied {sh.facts_applied}"
+    if sh.facts_dropped:
+        line += f", dropped {sh.facts_dropped}"
+    if sh.state != "connected" and sh.last_error:
+        line += f"  ({sh.last_error}; serving on local health)"
+    return line
 
 
 def front_door_off(daemon: DaemonInfo) -> str:

@@ -33,6 +33,8 @@ from ..protocol import (
     ModelsReply,
     Ok,
     Reload,
+    ReloadInfo,
+    ReloadReply,
     ServerFrame,
     Shutdown,
     StatusInfo,
@@ -42,6 +44,7 @@ from ..protocol import (
     encode_frame,
     server_decoder,
 )
+from ..transport import Endpoint, TransportError, connect_tcp, is_endpoint_file, read_endpoint, read_token
 
 
 class DaemonUnavailable(Exception):
@@ -86,6 +89,50 @@ def check_same_user(sock: HasSockopt, path: Path) -> None:
         )
 
 
+def locate(path: Path) -> tuple[Endpoint, str] | None:
+    """The TCP endpoint and token of the daemon at `path` when an endpoint file is there; None for a socket.
+
+    Raises DaemonUnavailable when the endpoint file or the token cannot be used.
+    """
+    if not is_endpoint_file(path):
+        return None
+    try:
+        endpoint = read_endpoint(path)
+        return endpoint, read_token(Path(endpoint.token_file) if endpoint.token_file else None)
+    except FileNotFoundError:
+        raise DaemonUnavailable(f"no daemon at {path}") from None
+    except TransportError as e:
+        raise DaemonUnavailable(f"cannot reach the daemon at {path}: {e}") from None
+
+
+def connect_socket(path: Path, timeout: float | None) -> tuple[socket.socket, str]:
+    """A connected socket to the daemon at `path`, and the token its hello must carry ("" for a Unix socket).
+
+    A Unix socket is checked to be served by this user before it is returned.
+    """
+    found = locate(path)
+    if found is not None:
+        endpoint, token = found
+        try:
+            return connect_tcp(endpoint, timeout), token
+        except OSError as e:
+            raise DaemonUnavailable(f"no daemon at {path} ({endpoint.address}: {e.strerror or e})") from None
+    if not hasattr(socket, "AF_UNIX"):
+        raise DaemonUnavailable(f"no daemon at {path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        check_same_user(sock, path)
+    except OSError as e:
+        sock.close()
+        raise DaemonUnavailable(f"no daemon at {path} ({e.strerror or e})") from None
+    except DaemonUnavailable:
+        sock.close()
+        raise
+    return sock, ""
+
+
 class Client:
     """One connection to the daemon; one request at a time (use several clients for parallel work)."""
 
@@ -101,20 +148,9 @@ class Client:
         self.welcome: Welcome | None = None
 
     def connect(self) -> Client:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self._timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError as e:
-            sock.close()
-            raise DaemonUnavailable(f"no daemon at {self.socket_path} ({e.strerror or e})") from None
-        try:
-            check_same_user(sock, self.socket_path)
-        except DaemonUnavailable:
-            sock.close()
-            raise
+        sock, token = connect_socket(self.socket_path, self._timeout)
         self._sock = sock
-        self._send(Hello(version=PROTOCOL_VERSION, client="combined-models-client"))
+        self._send(Hello(version=PROTOCOL_VERSION, client="combined-models-client", token=token))
         frame = self._recv()
         if isinstance(frame, Error):
             raise ConnectionClosed(f"{frame.kind}: {frame.message}")
@@ -195,6 +231,17 @@ class Client:
         if not isinstance(frame, ModelsReply):
             raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
         return frame.models
+
+    def reload_config(self) -> ReloadInfo:
+        """Have the daemon re-read its config file and apply it; the result says what changed or why not."""
+        rid = next(self._ids)
+        self._send(Reload(id=rid, config=True))
+        frame = self._reply(rid)
+        if isinstance(frame, ModelsReply):  # a daemon from before `config` listed models instead
+            raise ConnectionClosed("the daemon cannot reload its config (too old: restart it)")
+        if not isinstance(frame, ReloadReply):
+            raise ConnectionClosed(f"unexpected reply {type(frame).__name__}")
+        return frame.result
 
     def explain(self, model: str) -> list[str]:
         """Why the members of a combined model were grouped. Raises RequestFailed for an unknown id."""

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from ..chat import ChatRequest, StreamEvent
 from ..config import HttpConfig, LimitsConfig
-from ..protocol import ModelsInfo, StatusInfo
+from ..protocol import ModelsInfo, ReloadInfo, StatusInfo
 
 # Where a chat's events go, in order, a batch at a time: a batch is what one upstream read
 # decoded (a write per event was a trip round the event loop and a syscall per token).
@@ -86,6 +86,10 @@ class DaemonFacade(Protocol):
 
     async def refresh_catalogs(self) -> None:
         """Ask every provider for its models again."""
+        ...
+
+    async def reload_config(self) -> ReloadInfo:
+        """Re-read the config file and apply it without cutting answers under way; a bad file changes nothing."""
         ...
 
     def metrics_text(self) -> bytes:

@@ -141,6 +141,24 @@ def release(b: Breaker, now: float) -> Breaker:
     return b
 
 
+def lengthen(b: Breaker, now: float, state: State, until: float, reason: str, slack: float = 0.0) -> Breaker:
+    """Another daemon's fact: cooling (`state` COOLDOWN or DOWN) until `until`. Pure.
+
+    A fact only ever lengthens: it never shortens a cooldown, never ends one, never
+    touches a disabled breaker, and leaves strikes as they are (they count this
+    daemon's own trips). A probe in flight stays unanswered: its success cannot end
+    the cooldown (`succeed` leaves a cooling breaker be). A cooldown already running
+    is lengthened only by more than `slack`: the same fact told again (after a
+    reconnect) differs by its delivery time, which must not creep.
+    """
+    if b.state is State.DISABLED or state not in (State.COOLDOWN, State.DOWN) or not until > now:
+        return b
+    if b.state in (State.COOLDOWN, State.DOWN) and b.until + slack >= until:
+        return b
+    keep_down = b.state is State.DOWN and b.until > now
+    return replace(b, state=State.DOWN if keep_down else state, until=until, reason=reason or b.reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     decision: Decision
@@ -241,6 +259,32 @@ class HealthBook:
 
     def disable(self, reason: str) -> None:
         self.provider = Breaker(state=State.DISABLED, reason=reason)
+
+    def breaker(self, model: str) -> Breaker:
+        """The per-model breaker ("": the provider's own)."""
+        return self.provider if not model else self.models.get(model, Breaker())
+
+    def apply_shared(
+        self, model: str, state: State, until: float, reason: str, now: float, slack: float = 0.0
+    ) -> bool:
+        """Another daemon's fact for `model` ("": the whole provider); lengthens only. True if it changed."""
+        if not model:
+            after = lengthen(self.provider, now, state, until, reason, slack)
+            changed, self.provider = after != self.provider, after
+            return changed
+        if model not in self.tracked:  # no member offers it here: nothing to skip
+            return False
+        before = self.models.get(model, Breaker())
+        after = lengthen(before, now, state, until, reason, slack)
+        if after == before:
+            return False
+        self._store(model, after, now)
+        return True
+
+    def cooling(self, now: float) -> list[tuple[str, Breaker]]:
+        """Every breaker cooling at `now`, the provider's as model "" (to share again after a reconnect)."""
+        both = [("", self.provider), *self.models.items()]
+        return [(m, b) for m, b in both if b.state in (State.COOLDOWN, State.DOWN) and b.until > now]
 
     def summary(self, now: float, offered: Iterable[str]) -> tuple[State, float]:
         """The provider's state for `status`: cooling when it, or every model it offers, is cooling."""

@@ -9,11 +9,12 @@ methods that say what happened (`saved_failover`, `prefill_rejected`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -31,7 +32,7 @@ from .dialects import Dialect, Endpoint, StreamDecoder, dialect_for
 from .dialects.counting import Counter, counter_for
 from .engine import MemberView
 from .errors import NO_PENALTY, Failure, UpstreamError, classify_status
-from .health import Admission, HealthBook, SavedBook, State
+from .health import Admission, Breaker, HealthBook, SavedBook, State
 from .upstream import (
     ConnectFailed,
     ConnectionBroken,
@@ -52,6 +53,7 @@ MAX_MODEL_PAGES = 50
 MAX_LISTING_BODY = 32 * 1024 * 1024  # one page; the largest real listing (OpenRouter's) is a few MB
 MAX_LISTED_MODELS = 20_000  # all pages; real providers list hundreds
 MAX_CACHED_MODELS = 4096
+SHARED_SLACK = 0.25  # seconds a shared fact must add to a running cooldown to change it (health.lengthen)
 COUNT_TIMEOUT = 10.0  # seconds for one token count (a few are tried in turn)
 MAX_COUNT_BODY = 64 * 1024  # a count answer is a few bytes
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}")
@@ -60,6 +62,9 @@ log = logging.getLogger("combined_models.daemon")
 health_log = logging.getLogger("combined_models.health")
 
 OnItems = Callable[[list[DecodedItem]], Awaitable[None]]  # what one read of the body decoded to
+# Told when a breaker starts cooling or cools longer: (actor, model or "" for the provider, breaker).
+# Called on the request path: it must not block (the shared backend queues, or drops, and returns).
+HealthListener = Callable[["ProviderActor", str, Breaker], None]
 
 
 class ProviderActor:
@@ -69,6 +74,7 @@ class ProviderActor:
         self.failover = failover
         self.dialect: Dialect | None = dialect_for(provider.api)
         self._health = HealthBook()
+        self.health_listener: HealthListener | None = None  # the shared backend's, when there is one
         self._offered: list[str] = list(provider.models or ())  # the models it serves, as last listed
         self._metadata: dict[str, ModelInfo] = {}  # models.dev's knowledge of this provider's models
         self._capabilities: dict[str, Capabilities] = {}  # per model, worked out once
@@ -92,6 +98,10 @@ class ProviderActor:
         self._last_error: str | None = None
         self._last_error_kind: str | None = None
         self._recent: collections.deque[bool] = collections.deque(maxlen=50)
+        # Reload: a retired actor (removed or replaced) closes its client once `_users` reaches 0.
+        self._users = 0  # attempts, listings and counts under way
+        self._retired = trio.Event()
+        self._idle = trio.Event()
         # prompt tokens of the answers served (cached ones included), and those read from a cache
         self._input_tokens = 0
         self._cache_read_tokens = 0
@@ -113,10 +123,37 @@ class ProviderActor:
             self._client, self._pool = client, Pool(self._timeout("connect_timeout"))
             task_status.started()
             try:
-                await trio.sleep_forever()
+                await self._retired.wait()
+                while self._users:  # finish what it serves, then close its connections
+                    self._idle = trio.Event()
+                    await self._idle.wait()
             finally:
                 self._pool.close()
                 self._client = self._pool = None
+
+    def retire(self) -> None:
+        """A reload removed or replaced this provider: close once the requests it serves are done."""
+        self._retired.set()
+
+    @contextlib.contextmanager
+    def _serving(self) -> Iterator[None]:
+        """Holds a retired actor's connections open until the block ends."""
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._idle.set()
+
+    def use_failover(self, failover: FailoverConfig) -> None:
+        """The `[failover]` settings of a reload: attempts read them when they start."""
+        self.failover = failover
+        connect = self._timeout("connect_timeout")
+        if self._pool is not None:
+            self._pool.connect_timeout = connect
+        if self._client is not None:
+            self._client.timeout = httpx.Timeout(None, connect=connect)
 
     def model_info(self, model: str) -> ModelInfo | None:
         """What models.dev knows of `model` here, if anything."""
@@ -199,7 +236,7 @@ class ProviderActor:
         """
         assert self.dialect is not None and self._client is not None, "actor not running"
         try:
-            with trio.fail_after(DISCOVERY_TIMEOUT):
+            with self._serving(), trio.fail_after(DISCOVERY_TIMEOUT):
                 ids = await self._list_models(self.dialect, self._client)
         except trio.TooSlowError:
             return self._listing_failed(f"timed out after {DISCOVERY_TIMEOUT:.0f}s")
@@ -267,7 +304,7 @@ class ProviderActor:
         assert self._client is not None, "actor not running"
         client = self._client
         try:
-            with trio.fail_after(COUNT_TIMEOUT):
+            with self._serving(), trio.fail_after(COUNT_TIMEOUT):
                 try:
                     return await self._count(counter, request, model, client)
                 except UpstreamError as e:
@@ -345,6 +382,23 @@ class ProviderActor:
         if len(self._no_prefill) < MAX_CACHED_MODELS:
             self._no_prefill.add(model)
 
+    def apply_shared(self, model: str, state: State, remaining: float, reason: str) -> bool:
+        """Another daemon's fact about `model` ("": this provider): lengthens a cooldown, never shortens one."""
+        now = trio.current_time()
+        return self._health.apply_shared(model, state, now + remaining, reason, now, SHARED_SLACK)
+
+    def cooling(self, now: float) -> list[tuple[str, Breaker]]:
+        """Every breaker cooling now ("": the provider's own)."""
+        return self._health.cooling(now)
+
+    def account_credential(self) -> str:
+        """What identifies the account for the shared account hash ("": none, so nothing is shared).
+
+        Never leaves the process: only a keyed hash of it does (see `shared_facts.account_id`).
+        """
+        secrets = self.credentials.secrets() if not self.disabled else []
+        return secrets[0] if secrets else ""
+
     def health_fingerprint(self) -> bytes:
         """Changes only when states, strikes or cooldown ends change, not with the passing time."""
         return msgspec.json.encode(self._health.snapshot(0.0, 0.0))
@@ -352,6 +406,15 @@ class ProviderActor:
     # ------------------------------------------------------------ one attempt
 
     async def attempt(
+        self, request: ChatRequest, model: str, on_items: OnItems, *, probe: bool = False
+    ) -> Finished:
+        """`_attempt_held`, holding the actor's connections open should a reload retire it meanwhile."""
+        if self._retired.is_set() and self._client is None:  # closed while the router announced it
+            raise UpstreamError(Failure.BUSY, "removed by a config reload")
+        with self._serving():
+            return await self._attempt_held(request, model, on_items, probe=probe)
+
+    async def _attempt_held(
         self, request: ChatRequest, model: str, on_items: OnItems, *, probe: bool = False
     ) -> Finished:
         """Send `request` for `model` and feed the decoded items to `on_items`, a batch per read.
@@ -390,7 +453,12 @@ class ProviderActor:
                 raise
             finally:
                 self._in_flight -= 1
+            trips = (self._health.provider, self._health.breaker(model))
             self._health.succeed(model)
+            if self.health_listener is not None:  # a probe closed a breaker: told, for what it is worth
+                for level, was in zip(("", model), trips, strict=True):
+                    if was.state is State.PROBING and self._health.breaker(level).state is State.READY:
+                        self.health_listener(self, level, self._health.breaker(level))
             self._recent.append(True)
             self._input_tokens += finished.usage.input_tokens
             self._cache_read_tokens += finished.usage.cache_read_tokens
@@ -433,7 +501,15 @@ class ProviderActor:
     def _record_failure(self, model: str, e: UpstreamError) -> None:
         now = trio.current_time()
         before, _ = self._health.summary(now, self._offered)
+        trips = (self._health.provider, self._health.breaker(model))
         self._health.fail(model, now, e.kind, e.retry_after)
+        if self.health_listener is not None:
+            for level, was in zip(("", model), trips, strict=True):
+                b = self._health.breaker(level)
+                if b.state in (State.COOLDOWN, State.DOWN) and (
+                    b.state is not was.state or b.until > was.until
+                ):
+                    self.health_listener(self, level, b)
         state, cooldown = self._health.summary(now, self._offered)
         if state is not before:
             event: dict[str, object] = {"event": "health", "provider": self.id, "model": model}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +19,14 @@ from ..catalog import explain as explain_grouping
 from ..config import Config, provider_ids, resolve_provider
 from ..limits import MAX_MODEL_ID, decode_bounded
 from ..paths import write_private
-from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, StatusInfo
+from ..protocol import CombinedModel, DaemonInfo, Member, ModelsInfo, SharedStatus, StatusInfo
 from ..statefile import load_or_quarantine
 from .containment import contained, run_forever
 from .engine import Look, MemberView
 from .health import HealthFile, decode_health_file
 from .provider import ProviderActor
+from .reload import ConfigChange
+from .shared import SharedHealth
 from .upstream import ConnectionBroken, LimitedBody
 
 log = logging.getLogger("combined_models.daemon")
@@ -80,6 +83,8 @@ class Registry:
         self.catalog_file = catalog_file
         self.metadata_file = metadata_file
         self.actors: dict[str, ProviderActor] = {}
+        # The team's shared health store, when the config names one; it finds actors by account.
+        self.shared = SharedHealth(cfg.shared, self.actors.values) if cfg.shared.url else None
         for pid in provider_ids(cfg):
             self.actors[pid] = ProviderActor(resolve_provider(cfg, pid), cfg.failover)
         self._load_catalogs()
@@ -87,11 +92,15 @@ class Registry:
         self.rebuild_models()
         self.started_at = time.monotonic()
         self._save_error: str | None = None  # why the last health save failed, logged once
+        self._nursery: trio.Nursery | None = None  # where actors run: a reload starts new ones there
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for actor in self.actors.values():
                 await nursery.start(actor.run)
+            if self.shared is not None:
+                await nursery.start(self.shared.run)
             self._restore_health()
             if self.health_file is not None:
                 nursery.start_soon(self._save_health_periodically)
@@ -109,6 +118,40 @@ class Registry:
             finally:
                 with contained(log, "saving health at shutdown"):
                     self.save_health()  # synchronous: runs even while being cancelled
+
+    # ------------------------------------------------------------ config reload
+
+    async def apply(self, change: ConfigChange) -> list[ProviderActor]:
+        """Serve `change.applied` from now on; requests under way finish where they are.
+
+        New and changed providers get actors (started before anything is swapped); removed and
+        replaced ones retire: each closes its connections once its last attempt ends. Kept
+        actors keep their health and counters. Returns the new actors (to list their models).
+        """
+        assert self._nursery is not None, "registry not running"
+        cfg = change.applied
+        fresh = {
+            pid: ProviderActor(resolve_provider(cfg, pid), cfg.failover)
+            for pid in (*change.added, *change.changed)
+        }
+        for pid, actor in fresh.items():
+            old = self.actors.get(pid)
+            if old is not None and old.catalog_source in ("live", "cached") and actor.discovers:
+                actor.use_cached(list(old.offered), old.catalog_fetched_at or 0.0)  # until it lists anew
+            await self._nursery.start(actor.run)
+        # From here to the end no checkpoint: a request sees the old registry or the new one.
+        retired = [self.actors[pid] for pid in (*change.removed, *change.changed)]
+        order = {pid: fresh.get(pid) or self.actors[pid] for pid in provider_ids(cfg)}
+        self.actors.clear()  # in place: others hold the dict (the shared health store)
+        self.actors.update(order)
+        self.cfg = cfg
+        for actor in self.actors.values():
+            actor.use_failover(cfg.failover)
+        for actor in retired:
+            actor.retire()
+        self._load_catalogs()  # an added provider starts from its cached listing, if any
+        self.rebuild_models()
+        return list(fresh.values())
 
     # ------------------------------------------------------------ model catalogs
 
@@ -142,6 +185,8 @@ class Registry:
         now = trio.current_time() if trio.lowlevel.in_trio_run() else 0.0
         for pid, actor in self.actors.items():
             actor.track(named[pid], now)
+            # Every actor, made now or after a reload, tells the shared store of its cooldowns.
+            actor.health_listener = self.shared.listener if self.shared is not None else None
 
     def _load_catalogs(self) -> None:
         """The last good listing of each discovering provider, so a restart without network still serves."""
@@ -169,11 +214,13 @@ class Registry:
         except OSError as e:
             log.warning("cannot save model catalogs to %s: %s", self.catalog_file, e)
 
-    async def refresh_catalogs(self) -> None:
-        """List every discovering provider's models at once, then rebuild the combined models."""
+    async def refresh_catalogs(self, actors: Iterable[ProviderActor] | None = None) -> None:
+        """List every discovering provider's models at once (or `actors`'), then rebuild the combined models."""
         results: dict[str, bool] = {}
 
         async def one(actor: ProviderActor) -> None:
+            if self.actors.get(actor.id) is not actor:  # a reload retired it meanwhile
+                return
             results[actor.id] = await actor.discover()
             if not results[actor.id]:
                 log.warning(
@@ -181,7 +228,7 @@ class Registry:
                 )
 
         async with trio.open_nursery() as nursery:
-            for actor in self.actors.values():
+            for actor in list(self.actors.values() if actors is None else actors):
                 if actor.discovers:
                     nursery.start_soon(one, actor)
         if results:
@@ -309,6 +356,7 @@ class Registry:
                 config=str(self.config_path or ""),
             ),
             providers=[a.status(now) for a in self.actors.values()],
+            shared=self.shared.status() if self.shared is not None else SharedStatus(),
         )
 
     def models_info(self) -> ModelsInfo:

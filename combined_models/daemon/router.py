@@ -84,12 +84,16 @@ class Trace:
 
 
 class Router:
-    def __init__(self, registry: Registry, policy: FailoverConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics if metrics is not None else Metrics(registry)
-        self.policy = policy
-        self.affinity = Affinity(policy.affinity_ttl)
+        self.affinity = Affinity(self.policy.affinity_ttl)
         self._ids = itertools.count(1)
+
+    @property
+    def policy(self) -> FailoverConfig:
+        """The `[failover]` settings as they are now: a config reload may change them between requests."""
+        return self.registry.cfg.failover
 
     async def chat(self, model: str, request: ChatRequest, send: Send) -> None:
         """Serve one request through its chain; always ends with a `done` or an `error` event.
@@ -121,6 +125,7 @@ class Router:
             await send([ErrorEvent(kind=ErrorKind.UNKNOWN_MODEL, message=str(e))])
             return
         conversation = conversation_key(model, request)
+        self.affinity.ttl = self.policy.affinity_ttl  # as the config says now
         pinned = self.affinity.pinned(conversation, trio.current_time()) if continues(request) else None
         run = Failover(chain, request, self.policy, pinned=pinned)
         while True:

@@ -21,9 +21,23 @@ from pathlib import Path
 import trio
 
 from ..chat import ChatRequest
-from ..config import Config, HttpConfig, LimitsConfig
+from ..config import Config, ConfigError, HttpConfig, LimitsConfig, load_config
 from ..paths import check_socket_path, ensure_private_dir, log_dir, runtime_dir, state_file
-from ..protocol import ModelsInfo, StatusInfo
+from ..protocol import ModelsInfo, ReloadInfo, StatusInfo
+from ..transport import (
+    TCP_HOST,
+    Endpoint,
+    Transport,
+    TransportError,
+    choose_transport,
+    is_endpoint_file,
+    load_or_create_token,
+    probe_tcp,
+    read_endpoint,
+    remember_token,
+    token_path,
+    write_endpoint,
+)
 from .accept import raise_open_files_limit
 from .counting import count_tokens
 from .facade import CountResult, Send
@@ -31,6 +45,7 @@ from .gateway import Gateway
 from .logs import setup_logging
 from .metrics import Metrics
 from .registry import Registry
+from .reload import diff_configs
 from .router import Router
 from .socket_door import SocketDoor
 
@@ -43,16 +58,23 @@ class AlreadyRunning(Exception):
 
 
 @contextlib.contextmanager
-def claim_socket(path: Path) -> Iterator[pysocket.socket]:
-    """Bind `path`, making sure no live daemon serves it; a stale socket from a killed daemon is replaced.
+def claim_endpoint(
+    path: Path, transport: Transport | None = None, *, token_file: Path | None = None
+) -> Iterator[pysocket.socket]:
+    """Listen at `path`, making sure no live daemon serves it; a stale endpoint of a killed daemon is replaced.
 
-    A lock file beside the socket, held for the daemon's life, settles races
-    between two daemons starting at once.
+    `unix`: a Unix socket bound at `path` (0600). `tcp`: a socket on 127.0.0.1 (a free port),
+    named by the endpoint file written at `path` (`transport.py`), its token kept in
+    `token_file` (default: `socket-token` in the state dir). `None`: the environment's or
+    the platform's choice. A lock file beside `path`, held for the daemon's life, settles
+    races between two daemons starting at once. On exit the socket or endpoint file goes.
     """
-    check_socket_path(path)
+    transport = transport or choose_transport(None)
+    if transport == "unix":
+        check_socket_path(path)
     if path.parent == runtime_dir() or not path.parent.exists():
         # Our own dir: 0700 and ours, or we refuse it. A dir the user named that exists
-        # (say /tmp) is left as it is: the socket itself is 0600.
+        # (say /tmp) is left as it is: the socket or endpoint file itself is 0600.
         ensure_private_dir(path.parent)
     lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -63,23 +85,10 @@ def claim_socket(path: Path) -> Iterator[pysocket.socket]:
                 raise AlreadyRunning(f"a daemon is already serving {path}") from None
             raise
         if path.exists() or path.is_symlink():
-            probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # stale: its daemon is gone
-            else:
+            if _answers(path):
                 raise AlreadyRunning(f"a daemon is already serving {path}")
-            finally:
-                probe.close()
-        sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        sock.listen(512)
+            path.unlink()  # stale: its daemon is gone
+        sock = _listen_unix(path) if transport == "unix" else _listen_tcp(path, token_file or token_path())
         try:
             yield sock
         finally:
@@ -88,6 +97,62 @@ def claim_socket(path: Path) -> Iterator[pysocket.socket]:
                 path.unlink()
     finally:
         os.close(lock_fd)
+
+
+claim_socket = claim_endpoint  # the name it had when only Unix sockets existed
+
+
+def _answers(path: Path) -> bool:
+    """Whether a daemon answers at `path`: its Unix socket, or the port its endpoint file names."""
+    if is_endpoint_file(path):
+        try:
+            endpoint = read_endpoint(path)
+        except (OSError, TransportError):
+            return False  # unreadable or damaged: nothing can reach a daemon through it
+        return probe_tcp(endpoint)
+    if not hasattr(pysocket, "AF_UNIX"):
+        return False
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _listen_unix(path: Path) -> pysocket.socket:
+    sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(512)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen_tcp(path: Path, token_file: Path) -> pysocket.socket:
+    """A loopback socket on a free port, and the endpoint file naming it (and the token file) at `path`."""
+    token = load_or_create_token(token_file)  # before any client can look for it
+    sock = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_STREAM)
+    try:
+        sock.bind((TCP_HOST, 0))
+        sock.listen(512)
+        remember_token(sock, token)  # for the socket door that serves it
+        port = sock.getsockname()[1]
+        endpoint = Endpoint(host=TCP_HOST, port=port, pid=os.getpid(), token_file=str(token_file.absolute()))
+        write_endpoint(path, endpoint)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class ServerFacade:
@@ -134,6 +199,7 @@ class ServerFacade:
         gateway = self._server.gateway
         status.daemon.http = self._server.http_address
         status.daemon.http_error = gateway.error if gateway is not None else ""
+        status.daemon.transport = self._server.socket_door.transport
         return status
 
     def explain(self, model: str) -> list[str]:
@@ -141,6 +207,9 @@ class ServerFacade:
 
     async def refresh_catalogs(self) -> None:
         await self._server.registry.refresh_catalogs()
+
+    async def reload_config(self) -> ReloadInfo:
+        return await self._server.reload_config()
 
     def metrics_text(self) -> bytes:
         return self._server.metrics.render()
@@ -152,7 +221,7 @@ class Server:
     def __init__(self, registry: Registry, socket_path: Path) -> None:
         self.registry = registry
         self.metrics = Metrics(registry)
-        self.router = Router(registry, registry.cfg.failover, self.metrics)
+        self.router = Router(registry, self.metrics)
         self.socket_path = socket_path
         self.stopping = False
         self.active = 0
@@ -161,6 +230,37 @@ class Server:
         self.facade = ServerFacade(self)
         self.socket_door = SocketDoor(self.facade)
         self.gateway: Gateway | None = None
+        self._reloading = trio.Lock()  # one reload at a time: two must not interleave their swaps
+        self._registry_running = False
+
+    async def reload_config(self) -> ReloadInfo:
+        """Re-read the config file and apply it (`Registry.apply`); a bad file leaves the running config.
+
+        Logs one line either way: what changed, or why it was refused.
+        """
+        path = self.registry.config_path
+        async with self._reloading:
+            if path is None:
+                why = "the daemon was started without a config file"
+            elif self.stopping or not self._registry_running:
+                why = "the daemon is stopping" if self.stopping else "the daemon is still starting"
+            elif not path.exists():  # `load_config` would read no file as no providers at all
+                why = f"{path}: no such file"
+            else:
+                try:
+                    new = load_config(path)
+                except ConfigError as e:
+                    why = str(e)
+                else:
+                    change = diff_configs(self.registry.cfg, new)
+                    with trio.CancelScope(shield=True):  # begun, the swap completes even if the caller left
+                        fresh = await self.registry.apply(change)
+                    lines = change.lines()
+                    log.info("config reloaded from %s: %s", path, "; ".join(lines) or "nothing changed")
+                    await self.registry.refresh_catalogs(fresh)  # the new providers' models
+                    return ReloadInfo(applied=True, changes=lines, restart=list(change.restart))
+            log.warning("config reload refused: %s", why)
+            return ReloadInfo(applied=False, error=why)
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -190,13 +290,15 @@ class Server:
     ) -> None:
         """Serve until asked to stop, then give in-flight streams a grace period.
 
-        `sock` is a socket from `claim_socket`; without one, the server claims its path itself.
+        `sock` is a socket from `claim_endpoint`; without one, the server claims its path itself.
         """
         with contextlib.ExitStack() as stack:
             if sock is None:
-                sock = stack.enter_context(claim_socket(self.socket_path))
+                transport = choose_transport(self.registry.cfg.transport)
+                sock = stack.enter_context(claim_endpoint(self.socket_path, transport))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.registry.run)
+                self._registry_running = True
                 # The HTTP door listens first, so a status asked on the socket already shows its address.
                 if self.facade.http.enabled:
                     self.gateway = Gateway(self.facade)
@@ -217,13 +319,17 @@ class Server:
 
 
 async def serve_until_signalled(server: Server, sock: pysocket.socket | None = None) -> None:
-    """Run `server` until a shutdown frame, SIGTERM or SIGINT stops it gracefully."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run `server` until a shutdown frame, SIGTERM or SIGINT stops it gracefully; SIGHUP reloads its config."""
+    hup = getattr(signal, "SIGHUP", None)  # not on Windows
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, *([hup] if hup else [])) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
-                async for _ in signals:
-                    server.request_stop()
+                async for signum in signals:
+                    if signum == hup:
+                        nursery.start_soon(server.reload_config)  # it logs what it did
+                    else:
+                        server.request_stop()
 
             nursery.start_soon(watch)
             await server.run(sock)
@@ -257,14 +363,34 @@ def run_daemon(cfg: Config, socket_path: Path, config_path: Path | None = None) 
     if after != before:
         log.debug("open files limit raised from %d to %d", before, after)
     # Claimed before trio starts, so "already running" and path errors surface as plain exceptions.
-    with claim_socket(socket_path) as sock:
+    with claim_endpoint(socket_path, choose_transport(cfg.transport)) as sock:
         trio.run(serve_until_signalled, make_server(cfg, socket_path, config_path), sock)
 
 
 async def open_daemon(
-    cfg: Config, socket_path: Path, nursery: trio.Nursery, *, persist: bool = False
+    cfg: Config,
+    socket_path: Path,
+    nursery: trio.Nursery,
+    *,
+    persist: bool = False,
+    token_file: Path | None = None,
 ) -> Server:
-    """Start a daemon inside `nursery` (tests and the demo); returns once it listens."""
+    """Start a daemon inside `nursery` (tests and the demo); returns once it listens.
+
+    `token_file`: where a tcp daemon keeps its token, instead of the state dir (the demo leaves
+    nothing behind).
+    """
     server = make_server(cfg, socket_path, persist=persist)
-    await nursery.start(server.run)
+    if token_file is None:
+        await nursery.start(server.run)
+    else:
+        await nursery.start(_run_claimed, server, token_file)
     return server
+
+
+async def _run_claimed(
+    server: Server, token_file: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    transport = choose_transport(server.registry.cfg.transport)
+    with claim_endpoint(server.socket_path, transport, token_file=token_file) as sock:
+        await server.run(sock, task_status=task_status)

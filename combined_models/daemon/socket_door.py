@@ -1,5 +1,9 @@
 """The socket door: the msgpack protocol on the daemon's Unix socket, one task per connection.
 
+Over the tcp transport (`transport.py`) each connection must first send a hello carrying
+the socket token (at most MAX_HELLO bytes, within the partial-frame timeout); until it
+has, nothing else is read, and anything else gets one error and the connection closes.
+
 Requests are multiplexed by id. A malformed, oversized, too deeply nested or
 wrong-typed frame gets an error frame and closes that connection; every other
 client keeps working. Each connection and each request is a boundary
@@ -12,6 +16,7 @@ upstream requests at once. The door sees the daemon only through its facade.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import math
 import os
@@ -42,6 +47,7 @@ from ..protocol import (
     ModelsReply,
     Ok,
     Reload,
+    ReloadReply,
     ServerFrame,
     Shutdown,
     StatusInfo,
@@ -51,6 +57,7 @@ from ..protocol import (
     client_decoder,
     encode_frame,
 )
+from ..transport import HANDSHAKE_FAILED, MAX_HELLO, claimed_token, load_or_create_token
 from .accept import Door
 from .containment import contained
 from .facade import DaemonFacade
@@ -78,11 +85,27 @@ class SocketDoor:
         )
         self._accepting = trio.CancelScope()
         self._serving = trio.CancelScope()  # the accept loop and every connection
+        self.transport = ""  # "unix" or "tcp", once running
+        # Over TCP, the token each connection's hello must carry before anything else is read.
+        self.token: str | None = None
 
     async def run(
-        self, sock: pysocket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        sock: pysocket.socket,
+        *,
+        token: str | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept on `sock` (bound and listening) and serve each connection, until `hang_up`."""
+        """Accept on `sock` (bound and listening) and serve each connection, until `hang_up`.
+
+        A Unix socket needs no token (peer credentials prove the user). Any other socket
+        (loopback TCP) requires `token`: by default the one `claim_endpoint` made it with,
+        else the one kept in the state dir.
+        """
+        if sock.family == getattr(pysocket, "AF_UNIX", None):
+            self.transport, self.token = "unix", None
+        else:
+            self.transport, self.token = "tcp", token or claimed_token(sock) or load_or_create_token()
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         with self._serving:
             async with trio.open_nursery() as connections:
@@ -183,21 +206,76 @@ class Connection:
         """A connection-level error frame; the connection closes after it."""
         await self.send(Error(id=0, kind=kind, message=message))
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, max_bytes: int = 65536) -> bytes:
         try:
-            return await self.stream.receive_some(65536)
+            return await self.stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+
+    async def _handshake(self, token: str) -> tuple[Hello, bytes] | None:
+        """The first frame of a TCP connection: a hello carrying `token`, with the bytes read past it.
+
+        Nothing else is read or handled before it. It must come whole within the partial-frame
+        timeout (counted from the connection's start) and hold at most MAX_HELLO bytes; anything
+        else gets one error, naming nothing about the token, and None (the connection closes).
+        """
+        buf = bytearray()
+        size = -1
+        with trio.move_on_after(self._partial_timeout):
+            while size < 0 or len(buf) < 4 + size:
+                data = await self._receive(4 + (size if size >= 0 else MAX_HELLO) - len(buf))
+                if not data:
+                    return None  # gone before greeting: nothing to answer
+                buf += data
+                if size < 0 and len(buf) >= 4:
+                    size = int.from_bytes(buf[:4], "big")
+                    if size > MAX_HELLO:
+                        break
+        frame: object = None
+        if 0 <= size <= MAX_HELLO and len(buf) >= 4 + size:
+            with contextlib.suppress(msgspec.DecodeError, TooDeep):
+                frame = decode_bounded(client_decoder.decode, bytes(buf[4 : 4 + size]))
+        if not isinstance(frame, Hello) or not _token_matches(frame.token, token):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._fail(ErrorKind.PROTOCOL_ERROR, HANDSHAKE_FAILED)
+            return None
+        return frame, bytes(buf[4 + size :])
+
+    async def _greet(self, frame: ClientFrame) -> bool:
+        """Answer the first frame: a hello of our version gets `welcome`; else an error, and False."""
+        if not isinstance(frame, Hello):
+            await self._fail(ErrorKind.PROTOCOL_ERROR, "the first frame must be a hello")
+            return False
+        if frame.version != PROTOCOL_VERSION:
+            await self._fail(
+                ErrorKind.PROTOCOL_ERROR,
+                f"protocol version {frame.version} not supported (this daemon speaks {PROTOCOL_VERSION})",
+            )
+            return False
+        await self.send(
+            Welcome(version=PROTOCOL_VERSION, server=f"combined-models {__version__}", pid=os.getpid())
+        )
+        return True
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder()
         greeted = False
+        pending = b""  # bytes read past the TCP handshake's hello
+        token = self.socket_door.token
+        if token is not None:
+            shook = await self._handshake(token)
+            if shook is None:
+                return
+            hello, pending = shook
+            if not await self._greet(hello):
+                return
+            greeted = True
         incomplete_since = 0.0  # when the first bytes of the frame still incomplete arrived
         while True:
             # An idle connection may stay open (editors keep theirs); a frame begun must end in time.
             deadline = incomplete_since + self._partial_timeout if decoder.pending else math.inf
             with trio.move_on_at(deadline) as waiting:
-                data = await self._receive()
+                data, pending = (pending, b"") if pending else (await self._receive(), b"")
             if waiting.cancelled_caught:
                 await self._fail(
                     ErrorKind.PROTOCOL_ERROR, f"a frame stayed incomplete for {self._partial_timeout:g}s"
@@ -228,22 +306,9 @@ class Connection:
                     await self._fail(ErrorKind.PROTOCOL_ERROR, f"undecodable frame: {e}")
                     return
                 if not greeted:
-                    if not isinstance(frame, Hello):
-                        await self._fail(ErrorKind.PROTOCOL_ERROR, "the first frame must be a hello")
-                        return
-                    if frame.version != PROTOCOL_VERSION:
-                        await self._fail(
-                            ErrorKind.PROTOCOL_ERROR,
-                            f"protocol version {frame.version} not supported "
-                            f"(this daemon speaks {PROTOCOL_VERSION})",
-                        )
+                    if not await self._greet(frame):
                         return
                     greeted = True
-                    await self.send(
-                        Welcome(
-                            version=PROTOCOL_VERSION, server=f"combined-models {__version__}", pid=os.getpid()
-                        )
-                    )
                     continue
                 await self._dispatch(frame, nursery)
 
@@ -254,7 +319,7 @@ class Connection:
             if frame.id in self._requests:
                 self._requests[frame.id].cancel()
         elif isinstance(frame, Reload):
-            nursery.start_soon(self._reload, frame.id)
+            nursery.start_soon(self._reload, frame)
         elif isinstance(frame, Hello):
             await self.send(Error(id=0, kind=ErrorKind.PROTOCOL_ERROR, message="hello sent twice"))
         else:
@@ -321,8 +386,12 @@ class Connection:
         self._requests[frame.id] = scope
         nursery.start_soon(self._chat, frame, scope)
 
-    async def _reload(self, rid: int) -> None:
+    async def _reload(self, frame: Reload) -> None:
+        rid = frame.id
         async with self._request(rid, "reload"):
+            if frame.config:  # re-read the config file; a refused one is a reply too, not an error frame
+                await self.send(ReloadReply(id=rid, result=await self.daemon.reload_config()))
+                return
             await self.daemon.refresh_catalogs()
             await self.send(ModelsReply(id=rid, models=self.daemon.models_info()))
 
@@ -414,8 +483,18 @@ def encode_reply(frame: ServerFrame) -> bytes:
                 raise
 
 
+def _token_matches(presented: str, token: str) -> bool:
+    """Constant-time comparison: the time taken tells nothing about the token."""
+    return hmac.compare_digest(presented.encode(), token.encode())
+
+
 def _same_user(stream: trio.SocketStream) -> bool:
-    """Whether the connecting process runs as this user (where the OS tells)."""
+    """Whether the connecting process runs as this user (where the OS tells: Unix sockets only).
+
+    Over TCP the OS tells nothing; the token handshake proves the user instead.
+    """
+    if stream.socket.family != getattr(pysocket, "AF_UNIX", None):
+        return True
     uid = peer_uid(stream.socket)
     if uid is not None and uid != os.getuid():
         log.warning("refused a connection from uid %d", uid)
