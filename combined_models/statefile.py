@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .limits import decode_bounded
+from .paths import write_private
 
 T = TypeVar("T")
 
@@ -99,6 +101,33 @@ def load_or_quarantine(
         return None
     logger.warning("the %s %s was unusable (%s); moved it to %s and starting fresh", what, path, why, moved)
     return None
+
+
+def load_or_create_token(
+    path: Path,
+    decode: Callable[[bytes], str],
+    *,
+    what: str,
+    max_bytes: int,
+    logger: logging.Logger = log,
+) -> str:
+    """The secret token kept at `path`: read it, or generate one (0600) the first time.
+
+    A damaged file is moved aside (`load_or_quarantine`) and replaced.
+    """
+    if token := load_or_quarantine(path, decode, what=what, max_bytes=max_bytes, logger=logger):
+        return token
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    write_private(tmp, (token + "\n").encode())
+    try:
+        # link() fails if the file appeared meanwhile: two daemons starting at once agree on one token.
+        os.link(tmp, path)
+    except FileExistsError:
+        return load_or_quarantine(path, decode, what=what, max_bytes=max_bytes, logger=logger) or token
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
 
 
 def _first_line(e: Exception) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import socket
 import stat
 import tempfile
@@ -26,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .paths import state_dir, write_private
-from .statefile import load_or_quarantine
+from . import statefile
+from .paths import state_dir
 
 Transport = Literal["unix", "tcp"]
 TRANSPORTS: tuple[Transport, ...] = ("unix", "tcp")
@@ -203,25 +202,10 @@ def read_token(path: Path | None = None) -> str:
 
 
 def load_or_create_token(path: Path | None = None) -> str:
-    """The handshake token (the daemon): read it, or generate it (0600) the first time.
-
-    A damaged token file is moved aside (`statefile.load_or_quarantine`) and replaced.
-    """
-    path = path or token_path()
-    what = "socket token file"
-    if token := load_or_quarantine(path, _decode_token, what=what, max_bytes=MAX_TOKEN_FILE):
-        return token
-    token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    write_private(tmp, (token + "\n").encode())
-    try:
-        # link() fails if the file appeared meanwhile: two daemons starting at once agree on one token.
-        os.link(tmp, path)
-    except FileExistsError:
-        return load_or_quarantine(path, _decode_token, what=what, max_bytes=MAX_TOKEN_FILE) or token
-    finally:
-        tmp.unlink(missing_ok=True)
-    return token
+    """The handshake token (the daemon): read it, or generate it (0600) the first time."""
+    return statefile.load_or_create_token(
+        path or token_path(), _decode_token, what="socket token file", max_bytes=MAX_TOKEN_FILE
+    )
 
 
 # The token each listening TCP socket was claimed with (`server.claim_endpoint`), for its door.

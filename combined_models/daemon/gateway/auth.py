@@ -5,14 +5,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from ...config import HttpConfig
-from ...paths import state_dir, write_private
-from ...statefile import load_or_quarantine
+from ...paths import state_dir
+from ...statefile import load_or_create_token
 
 TOKEN_FILE = "http-token"
 
@@ -38,31 +36,13 @@ def _decode_token(raw: bytes) -> str:
     return token
 
 
-def _read_token(path: Path) -> str | None:
-    """The token kept at `path`; None when there is none. A damaged file is moved aside, once, with a warning."""
-    return load_or_quarantine(
-        path, _decode_token, what="HTTP token file", max_bytes=MAX_TOKEN_FILE, logger=log
-    )
-
-
 def load_token(config: HttpConfig) -> str:
     """The token from the config, else from the state dir, generated (0600) the first time."""
     if config.token:
         return config.token
-    path = token_path()
-    if token := _read_token(path):
-        return token
-    token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    write_private(tmp, (token + "\n").encode())
-    try:
-        # link() fails if the file appeared meanwhile: two daemons starting at once agree on one token.
-        os.link(tmp, path)
-    except FileExistsError:
-        return _read_token(path) or token
-    finally:
-        tmp.unlink(missing_ok=True)
-    return token
+    return load_or_create_token(
+        token_path(), _decode_token, what="HTTP token file", max_bytes=MAX_TOKEN_FILE, logger=log
+    )
 
 
 def presented_token(headers: Mapping[str, str]) -> str | None:
