@@ -397,3 +397,18 @@ async def test_cmctl_reload_config(short_dir: Path) -> None:
         check=False,
     )
     assert r.returncode == 3 and b"no daemon" in r.stderr
+
+
+async def test_the_async_client_reloads_the_config_too(short_dir: Path) -> None:
+    async with running(short_dir, ("first", "second")) as d:
+        assert done_of(await d.ask()).provider == "first"
+        d.write(config_text(d.sims, ["second", "first"]))
+        async with open_client(d.socket) as c:
+            result = await c.reload_config()
+        assert result.applied, result.error
+        assert done_of(await d.ask()).provider == "second"
+        d.write("this is = not toml [")
+        async with open_client(d.socket) as c:
+            refused = await c.reload_config()
+        assert not refused.applied and "not valid TOML" in refused.error
+        assert done_of(await d.ask()).provider == "second"  # still the running config

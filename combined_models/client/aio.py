@@ -34,6 +34,9 @@ from ..protocol import (
     ModelsQuery,
     ModelsReply,
     Ok,
+    Reload,
+    ReloadInfo,
+    ReloadReply,
     ServerFrame,
     Shutdown,
     StatusInfo,
@@ -119,7 +122,7 @@ class AsyncClient:
             raise item
         return item
 
-    async def _query(self, frame: StatusQuery | ModelsQuery | Shutdown) -> ServerFrame:
+    async def _query(self, frame: StatusQuery | ModelsQuery | Shutdown | Reload) -> ServerFrame:
         async with self._route(frame.id) as receive:
             await self._send(frame)
             return await self._next(receive)
@@ -135,6 +138,15 @@ class AsyncClient:
         if not isinstance(reply, ModelsReply):
             raise ConnectionClosed(f"unexpected reply {type(reply).__name__}")
         return reply.models
+
+    async def reload_config(self) -> ReloadInfo:
+        """Have the daemon re-read its config file and apply it; the result says what changed or why not."""
+        reply = await self._query(Reload(id=next(self._ids), config=True))
+        if isinstance(reply, ModelsReply):  # a daemon from before `config` listed models instead
+            raise ConnectionClosed("the daemon cannot reload its config (too old: restart it)")
+        if not isinstance(reply, ReloadReply):
+            raise ConnectionClosed(f"unexpected reply {type(reply).__name__}")
+        return reply.result
 
     async def shutdown(self) -> None:
         reply = await self._query(Shutdown(id=next(self._ids)))
