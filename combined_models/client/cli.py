@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With --config: the daemon re-reads the config file it was started with (as SIGHUP does) and "
         "applies it without cutting answers under way: providers added, removed or changed (a removed "
         "or changed one finishes what it serves first), provider_priority, [failover], [combined], "
-        "exclude, min_providers. [http], [logging], [limits] and the transport need a restart: they "
+        "exclude, min_providers. [http], [logging], [limits], [shared] and the transport need a restart: they "
         "are named, not applied. A bad file is refused (exit 2) and the daemon keeps its running config.",
     )
     p.add_argument(
