@@ -28,9 +28,11 @@ _LEN = struct.Struct(">I")
 class Hello(msgspec.Struct, tag="hello", tag_field="type", kw_only=True):
     version: int
     client: str = ""
-    # Over loopback TCP: the daemon's socket token (`transport.py`). Unix sockets need none (peer
-    # credentials prove the user) and leave it empty; a daemon that predates it ignores the field.
-    token: str = ""
+    # Over loopback TCP (`transport.py`): a fresh nonce (hex) and `proof`, HMAC-SHA256 of it under
+    # the socket token; the token itself is never sent. Unix sockets need neither (peer credentials
+    # prove the user) and leave them empty; a daemon that predates them ignores the fields.
+    nonce: str = ""
+    proof: str = ""
 
 
 class Chat(msgspec.Struct, tag="chat", tag_field="type", kw_only=True):
@@ -83,6 +85,10 @@ class Welcome(msgspec.Struct, tag="welcome", tag_field="type", kw_only=True):
     version: int
     server: str
     pid: int
+    # Over loopback TCP: HMAC-SHA256 of the hello's nonce under the socket token, with the server's
+    # label (`transport.server_proof`); the client checks it before sending anything else. Empty
+    # over a Unix socket.
+    proof: str = ""
 
 
 class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):

@@ -4,19 +4,27 @@ One address names a daemon either way: its socket path. With the `unix`
 transport a Unix socket lives there (peer credentials prove the user). With
 `tcp` (where AF_UNIX does not exist, i.e. Windows, or when asked) the daemon
 listens on 127.0.0.1 and writes at that path a small 0600 *endpoint file*
-naming the transport, host:port, its pid and where its token file is; a
-client that finds a regular file there connects over TCP and its `Hello`
-carries the token kept 0600 in the state dir (`socket-token`), which the
-daemon checks before reading anything else. (The endpoint file names the token
-file so a client whose environment points elsewhere, say another
-XDG_STATE_HOME, still finds it.) Stdlib only: the blocking client imports this.
+naming the transport, host:port, its pid and where its token file is. The
+token is fresh at each daemon start, kept 0600 in a token file of that socket
+path's own (`token_path`), removed on stop, and never sent: a
+client's `Hello` carries a fresh nonce and an HMAC of it under the token, the
+daemon checks it before reading anything else and its `Welcome` answers with an
+HMAC of the same nonce under another label, which the client checks before
+sending anything else. So neither side learns anything usable from a peer that
+does not hold the token (a process squatting the port of a dead daemon, say).
+(The endpoint file names the token file so a client whose environment points
+elsewhere, say another XDG_STATE_HOME, still finds it.) Stdlib only: the
+blocking client imports this.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import socket
 import stat
 import tempfile
@@ -25,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import statefile
-from .paths import state_dir
+from .paths import state_file, write_private
 
 Transport = Literal["unix", "tcp"]
 TRANSPORTS: tuple[Transport, ...] = ("unix", "tcp")
@@ -37,6 +44,10 @@ MAX_TOKEN_FILE = 4096  # a token is 43 characters
 MAX_HELLO = 4096  # bytes: the largest first frame a TCP connection may send before its handshake
 TCP_HOST = "127.0.0.1"
 HANDSHAKE_FAILED = "handshake failed: wrong or missing token"
+NONCE_BYTES = 16  # a client's nonce: 32 hex digits
+MIN_NONCE, MAX_NONCE = 32, 128  # hex digits the daemon accepts
+_CLIENT_LABEL = b"cm-client\0"
+_SERVER_LABEL = b"cm-server\0"
 
 
 class TransportError(Exception):
@@ -70,7 +81,7 @@ class Endpoint:
     host: str
     port: int
     pid: int
-    token_file: str = ""  # where the daemon keeps its token; empty: the default `token_path()`
+    token_file: str = ""  # where the daemon keeps its token; empty: the default `token_path(socket path)`
     transport: Transport = "tcp"
 
     @property
@@ -170,8 +181,10 @@ def read_endpoint(path: Path) -> Endpoint:
 # ------------------------------------------------------------------ the handshake token
 
 
-def token_path() -> Path:
-    return state_dir() / TOKEN_FILE
+def token_path(socket_path: Path) -> Path:
+    """Where the daemon at `socket_path` keeps its token by default: a state file of that path's own
+    (plain text, so without the `.json` other state files have)."""
+    return state_file(socket_path, TOKEN_FILE).with_suffix("")
 
 
 def _decode_token(raw: bytes) -> str:
@@ -181,9 +194,8 @@ def _decode_token(raw: bytes) -> str:
     return token
 
 
-def read_token(path: Path | None = None) -> str:
+def read_token(path: Path) -> str:
     """The handshake token (clients). TransportError when there is none or it is unusable."""
-    path = path or token_path()
     try:
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags)
@@ -201,11 +213,47 @@ def read_token(path: Path | None = None) -> str:
         raise TransportError(f"{path} holds no usable token") from None
 
 
-def load_or_create_token(path: Path | None = None) -> str:
-    """The handshake token (the daemon): read it, or generate it (0600) the first time."""
-    return statefile.load_or_create_token(
-        path or token_path(), _decode_token, what="socket token file", max_bytes=MAX_TOKEN_FILE
-    )
+def create_token(path: Path) -> str:
+    """A fresh token (the daemon, at each start), written atomically 0600 at `path` (never through a link)."""
+    token = secrets.token_urlsafe(32)
+    write_private(path, (token + "\n").encode())
+    return token
+
+
+def remove_token(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ the handshake proofs (pure)
+
+
+def new_nonce() -> str:
+    """A client's fresh nonce, one per connection."""
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def valid_nonce(nonce: str) -> bool:
+    """Whether `nonce` is what the daemon accepts: MIN_NONCE to MAX_NONCE hex digits."""
+    return MIN_NONCE <= len(nonce) <= MAX_NONCE and all(c in "0123456789abcdefABCDEF" for c in nonce)
+
+
+def _proof(token: str, label: bytes, nonce: str) -> str:
+    return hmac.new(token.encode(), label + nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def client_proof(token: str, nonce: str) -> str:
+    """What a client's `Hello` carries: HMAC-SHA256(token, "cm-client\\0" + nonce), in hex."""
+    return _proof(token, _CLIENT_LABEL, nonce)
+
+
+def server_proof(token: str, nonce: str) -> str:
+    """What the daemon's `Welcome` carries: HMAC-SHA256(token, "cm-server\\0" + nonce), in hex."""
+    return _proof(token, _SERVER_LABEL, nonce)
+
+
+def proof_matches(presented: str, expected: str) -> bool:
+    """Constant-time comparison (`hmac.compare_digest`): the time taken tells nothing about the token."""
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 # The token each listening TCP socket was claimed with (`server.claim_endpoint`), for its door.

@@ -31,7 +31,7 @@ from combined_models.protocol import (
     server_decoder,
 )
 from combined_models.simulator import Simulator
-from combined_models.transport import ENV_TRANSPORT, choose_transport
+from combined_models.transport import ENV_TRANSPORT, choose_transport, client_proof, new_nonce
 
 # Every daemon the suite starts (in process or `cmctl serve`) listens this way: the default, or
 # what $COMBINED_MODELS_TRANSPORT says (`./scripts/test` runs the suite once more with tcp).
@@ -179,7 +179,7 @@ def error_of(events: list[StreamEvent]) -> ErrorEvent:
 
 
 class RawSocket(socket.socket):
-    """A plain socket to the daemon. Over tcp, the hello its first send starts with carries the token.
+    """A plain socket to the daemon. Over tcp, the hello its first send starts with gets a good proof.
 
     So byte-level tests throw the same bytes either way: after the handshake when they greet
     first, before it (where only a good hello gets through) when they do not.
@@ -189,19 +189,21 @@ class RawSocket(socket.socket):
 
     def sendall(self, data: bytes, flags: int = 0, /) -> None:  # type: ignore[override]
         if self.token:
-            data, self.token = with_token(bytes(data), self.token), ""
+            data, self.token = with_proof(bytes(data), self.token), ""
         super().sendall(data, flags)
 
 
-def with_token(data: bytes, token: str) -> bytes:
-    """`data` with its leading hello frame carrying `token`; unchanged when it does not start with one."""
+def with_proof(data: bytes, token: str) -> bytes:
+    """`data` with its leading hello frame proving `token` (a fresh nonce and its proof); else unchanged."""
     if len(data) >= 4 and len(data) >= 4 + (size := int.from_bytes(data[:4], "big")):
         try:
             frame = client_decoder.decode(data[4 : 4 + size])
         except (msgspec.DecodeError, RecursionError, ValueError):
             return data
         if isinstance(frame, Hello):
-            return encode_frame(msgspec.structs.replace(frame, token=token)) + data[4 + size :]
+            nonce = new_nonce()
+            proved = msgspec.structs.replace(frame, nonce=nonce, proof=client_proof(token, nonce))
+            return encode_frame(proved) + data[4 + size :]
     return data
 
 

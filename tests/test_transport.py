@@ -1,4 +1,4 @@
-"""The tcp transport: the endpoint file, the socket token, the handshake, claiming the address.
+"""The tcp transport: the endpoint file, the socket token, the handshake proofs, claiming the address.
 
 These tests force tcp whatever the suite runs with; the rest of the suite runs over
 whichever transport $COMBINED_MODELS_TRANSPORT names (`./scripts/test` runs both).
@@ -6,12 +6,14 @@ whichever transport $COMBINED_MODELS_TRANSPORT names (`./scripts/test` runs both
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -19,22 +21,27 @@ import pytest
 import trio
 
 from combined_models.chat import ErrorKind
+from combined_models.client import sync as sync_client
 from combined_models.client.aio import open_client
-from combined_models.client.sync import Client, DaemonUnavailable
+from combined_models.client.sync import Client, ConnectionClosed, DaemonUnavailable
 from combined_models.config import ConfigError, parse_config
 from combined_models.daemon import open_daemon
 from combined_models.daemon.server import AlreadyRunning, claim_endpoint
 from combined_models.daemon.socket_door import Connection
+from combined_models.paths import state_dir, write_private
 from combined_models.protocol import (
     PROTOCOL_VERSION,
     Chat,
     Error,
+    FrameDecoder,
     Hello,
     ServerFrame,
     Shutdown,
     StatusQuery,
+    Welcome,
     client_decoder,
     encode_frame,
+    server_decoder,
 )
 from combined_models.simulator import Simulator
 from combined_models.transport import (
@@ -44,12 +51,15 @@ from combined_models.transport import (
     Endpoint,
     TransportError,
     choose_transport,
+    client_proof,
     decode_endpoint,
     encode_endpoint,
-    load_or_create_token,
+    new_nonce,
     read_endpoint,
     read_token,
+    server_proof,
     token_path,
+    valid_nonce,
     write_endpoint,
 )
 
@@ -124,9 +134,29 @@ def test_endpoint_files_round_trip_and_anything_odd_is_refused() -> None:
             decode_endpoint(json.dumps(bad).encode())
 
 
-def test_a_hello_without_a_token_is_the_old_hello() -> None:
+def test_a_hello_and_a_welcome_without_proofs_are_the_old_ones() -> None:
     old = msgspec.msgpack.encode({"type": "hello", "version": PROTOCOL_VERSION, "client": "old"})
-    assert client_decoder.decode(old) == Hello(version=PROTOCOL_VERSION, client="old", token="")
+    assert client_decoder.decode(old) == Hello(version=PROTOCOL_VERSION, client="old", nonce="", proof="")
+    welcome = msgspec.msgpack.encode(
+        {"type": "welcome", "version": PROTOCOL_VERSION, "server": "s", "pid": 1}
+    )
+    assert server_decoder.decode(welcome) == Welcome(version=PROTOCOL_VERSION, server="s", pid=1, proof="")
+    assert "token" not in Hello.__struct_fields__  # the token itself has no place on the wire
+
+
+def test_the_proofs_are_hmacs_of_the_nonce_under_two_labels() -> None:
+    token, nonce = "t" * 43, "ab" * 16
+    expected = hmac.new(token.encode(), b"cm-client\0" + nonce.encode(), hashlib.sha256).hexdigest()
+    assert client_proof(token, nonce) == expected
+    assert server_proof(token, nonce) == (
+        hmac.new(token.encode(), b"cm-server\0" + nonce.encode(), hashlib.sha256).hexdigest()
+    )
+    assert client_proof(token, nonce) != server_proof(token, nonce)  # a reflected hello proves nothing
+    assert client_proof("u" * 43, nonce) != client_proof(token, nonce)
+    assert valid_nonce(new_nonce()) and new_nonce() != new_nonce() and len(new_nonce()) == 32
+    assert valid_nonce("AB" * 16) and valid_nonce("a" * 128)
+    for bad in ("", "ab" * 15 + "a", "a" * 129, "zz" * 16, "ab" * 15 + "é!", " " + "a" * 32):
+        assert not valid_nonce(bad), bad
 
 
 def test_clients_refuse_an_endpoint_file_others_may_write(short_dir: Path) -> None:
@@ -159,9 +189,10 @@ async def test_a_tcp_daemon_writes_a_private_endpoint_file_and_serves_both_clien
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         doc = json.loads(path.read_bytes())
         assert doc["transport"] == "tcp" and doc["pid"] == os.getpid()
-        assert doc["address"].startswith("127.0.0.1:") and doc["token_file"] == str(token_path())
-        assert stat.S_IMODE(token_path().stat().st_mode) == 0o600
-        assert len(read_token()) >= 40
+        assert doc["address"].startswith("127.0.0.1:") and doc["token_file"] == str(token_path(path))
+        assert token_path(path).parent == state_dir()
+        assert stat.S_IMODE(token_path(path).stat().st_mode) == 0o600
+        assert len(read_token(token_path(path))) >= 40
 
         def sync_client() -> tuple[str, str]:
             with Client(path, timeout=10) as c:
@@ -176,7 +207,7 @@ async def test_a_tcp_daemon_writes_a_private_endpoint_file_and_serves_both_clien
         assert len(sim.requests) == 2
         server.request_stop()  # the daemon's nursery ends with it
         sims.cancel_scope.cancel()
-    assert not path.exists()
+    assert not path.exists() and not token_path(path).exists()
 
 
 async def test_a_unix_daemon_says_so_in_its_status(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,25 +219,55 @@ async def test_a_unix_daemon_says_so_in_its_status(short_dir: Path, monkeypatch:
         assert (await c.status()).daemon.transport == "unix"
 
 
-def test_a_damaged_token_file_is_moved_aside_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
-    first = load_or_create_token()
-    assert load_or_create_token() == first == read_token()
-    token_path().write_text("two words\n")
-    second = load_or_create_token()
-    assert second != first and read_token() == second
-    assert stat.S_IMODE(token_path().stat().st_mode) == 0o600
-    assert [p.name.startswith("socket-token.bad-") for p in token_path().parent.iterdir()].count(True) == 1
-    assert "moved it to" in caplog.text
+def _token(st: Stack) -> str:
+    """The token of the daemon of `st`, from the file its endpoint file names (what clients read)."""
+    return read_token(Path(read_endpoint(st.socket).token_file))
 
 
-async def test_the_token_is_kept_across_restarts(short_dir: Path) -> None:
-    tokens = []
-    for _ in range(2):
+def _hello(token: str, nonce: str | None = None, **fields: str) -> Hello:
+    nonce = new_nonce() if nonce is None else nonce
+    return Hello(version=PROTOCOL_VERSION, nonce=nonce, proof=client_proof(token, nonce), **fields)
+
+
+async def test_each_start_makes_a_new_token_and_an_old_proof_is_refused(
+    short_dir: Path, dispatched: list[object]
+) -> None:
+    tokens: list[str] = []
+    replayed: bytes = b""
+    for run in range(2):
         async with open_stack(short_dir, ("first",)) as st:
-            assert text_of(await st.ask()) == ANSWER
-            tokens.append(read_token())
-            assert stat.S_IMODE(token_path().stat().st_mode) == 0o600
-    assert tokens[0] == tokens[1]
+            token_file = token_path(st.socket)
+            assert read_endpoint(st.socket).token_file == str(token_file)
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            tokens.append(_token(st))
+            if run == 0:
+                # What a process squatting the first daemon's port could have kept from a client.
+                replayed = encode_frame(_hello(tokens[0])) + encode_frame(StatusQuery(id=1))
+                frames = await trio.to_thread.run_sync(
+                    _exchange, st.socket, replayed + encode_frame(Shutdown(id=2))
+                )
+                assert [type(f).__name__ for f in frames] == ["Welcome", "StatusReply", "Ok"]
+            else:
+                with trio.fail_after(5):
+                    frames = await trio.to_thread.run_sync(_exchange, st.socket, replayed)
+                assert frames == [Error(id=0, kind=ErrorKind.PROTOCOL_ERROR, message=HANDSHAKE_FAILED)]
+                assert text_of(await st.ask()) == ANSWER  # its own clients get through
+        assert not token_file.exists()  # removed on stop, with the endpoint file
+    assert tokens[0] != tokens[1]
+
+
+def test_daemons_on_two_socket_paths_keep_their_own_tokens(short_dir: Path) -> None:
+    first, second = short_dir / "a.sock", short_dir / "b.sock"
+    with claim_endpoint(first, "tcp"):
+        with claim_endpoint(second, "tcp"):
+            files = [Path(read_endpoint(p).token_file) for p in (first, second)]
+            assert files == [token_path(first), token_path(second)] and files[0] != files[1]
+            assert all(f.parent == state_dir() for f in files)  # the same state dir
+            tokens = [read_token(f) for f in files]
+            assert tokens[0] != tokens[1]
+        assert not files[1].exists()
+        assert read_token(files[0]) == tokens[0]  # the other daemon's stop left it alone
+    assert not files[0].exists()
 
 
 # ------------------------------------------------------------------ the handshake
@@ -233,8 +294,14 @@ _AFTER = (
 
 
 def _payloads() -> Iterator[tuple[str, bytes]]:
-    yield "wrong-token", encode_frame(Hello(version=PROTOCOL_VERSION, token="x" * 43)) + _AFTER
-    yield "missing-token", encode_frame(Hello(version=PROTOCOL_VERSION)) + _AFTER
+    nonce = "ab" * 16
+    yield "wrong-proof", encode_frame(_hello("x" * 43, nonce)) + _AFTER  # a proof under another token
+    yield "garbled-proof", encode_frame(Hello(version=PROTOCOL_VERSION, nonce=nonce, proof="0" * 64)) + _AFTER
+    yield "missing-proof", encode_frame(Hello(version=PROTOCOL_VERSION, nonce=nonce)) + _AFTER
+    yield "missing-nonce", encode_frame(Hello(version=PROTOCOL_VERSION)) + _AFTER
+    # Yesterday's hello, carrying a token itself: the field is ignored, the proof is missing.
+    old = msgspec.msgpack.encode({"type": "hello", "version": PROTOCOL_VERSION, "token": "x" * 43})
+    yield "a-token-not-a-proof", len(old).to_bytes(4, "big") + old + _AFTER
     yield "not-a-hello", encode_frame(StatusQuery(id=1)) + _AFTER
     yield "garbage", b"\x00\x00\x00\x05\xc1\xc1garbage" + _AFTER
     yield "not-msgpack-framing", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -243,7 +310,7 @@ def _payloads() -> Iterator[tuple[str, bytes]]:
 
 
 @pytest.mark.parametrize("payload", [p for _, p in _payloads()], ids=[n for n, _ in _payloads()])
-async def test_anything_but_a_hello_with_the_token_is_refused_unread(
+async def test_anything_but_a_hello_proving_the_token_is_refused_unread(
     short_dir: Path, payload: bytes, dispatched: list[object]
 ) -> None:
     async with open_stack(short_dir, ("first",)) as st:
@@ -255,11 +322,28 @@ async def test_anything_but_a_hello_with_the_token_is_refused_unread(
         await _still_serving(st, dispatched)
 
 
-async def test_an_oversized_hello_is_refused_even_with_the_right_token(
+@pytest.mark.parametrize(
+    "nonce",
+    ["", "ab" * 15 + "a", "a" * 129, "zz" * 16, "ab" * 15 + "é!", "ab" * 16 + "\n"],
+    ids=["empty", "short", "long", "not-hex", "not-ascii", "trailing-newline"],
+)
+async def test_a_bad_nonce_is_refused_even_with_its_proof(
+    short_dir: Path, nonce: str, dispatched: list[object]
+) -> None:
+    async with open_stack(short_dir, ("first",)) as st:
+        payload = encode_frame(_hello(_token(st), nonce)) + _AFTER
+        with trio.fail_after(5):
+            frames = await trio.to_thread.run_sync(_exchange, st.socket, payload)
+        assert frames == [Error(id=0, kind=ErrorKind.PROTOCOL_ERROR, message=HANDSHAKE_FAILED)]
+        assert dispatched == [] and not st.server.stopping
+        await _still_serving(st, dispatched)
+
+
+async def test_an_oversized_hello_is_refused_even_with_the_right_proof(
     short_dir: Path, dispatched: list[object]
 ) -> None:
     async with open_stack(short_dir, ("first",)) as st:
-        big = encode_frame(Hello(version=PROTOCOL_VERSION, client="c" * MAX_HELLO, token=read_token()))
+        big = encode_frame(_hello(_token(st), client="c" * MAX_HELLO))
         with trio.fail_after(5):
             frames = await trio.to_thread.run_sync(_exchange, st.socket, big[: MAX_HELLO // 2])
         assert frames == [Error(id=0, kind=ErrorKind.PROTOCOL_ERROR, message=HANDSHAKE_FAILED)]
@@ -272,7 +356,7 @@ async def test_a_stalled_first_frame_is_closed_after_the_partial_frame_timeout(
     short_dir: Path, sent: str, dispatched: list[object]
 ) -> None:
     async with open_stack(short_dir, ("first",), extra="[limits]\npartial_frame_timeout = 0.3\n") as st:
-        hello = encode_frame(Hello(version=PROTOCOL_VERSION, token=read_token()))
+        hello = encode_frame(_hello(_token(st)))
         prefix = b"" if sent == "nothing" else hello[: len(hello) // 2]
         started = trio.current_time()
         with trio.fail_after(5):
@@ -283,24 +367,28 @@ async def test_a_stalled_first_frame_is_closed_after_the_partial_frame_timeout(
         await _still_serving(st, dispatched)
 
 
-async def test_the_right_token_lets_frames_through_even_pipelined(
+async def test_the_right_proof_lets_frames_through_even_pipelined_and_the_welcome_proves_the_daemon(
     short_dir: Path, dispatched: list[object]
 ) -> None:
     async with open_stack(short_dir, ("first",)) as st:
-        hello = encode_frame(Hello(version=PROTOCOL_VERSION, token=read_token()))
+        token = _token(st)
+        hello = _hello(token)
 
         def pipelined() -> list[ServerFrame]:
             with _connect(st.socket) as s:
-                s.sendall(hello + encode_frame(StatusQuery(id=1)) + encode_frame(Shutdown(id=2)))
+                s.sendall(
+                    encode_frame(hello) + encode_frame(StatusQuery(id=1)) + encode_frame(Shutdown(id=2))
+                )
                 return read_frames_until_close(s)
 
         with trio.fail_after(10):
             frames = await trio.to_thread.run_sync(pipelined)
         assert [type(f).__name__ for f in frames] == ["Welcome", "StatusReply", "Ok"]
+        assert isinstance(frames[0], Welcome) and frames[0].proof == server_proof(token, hello.nonce)
         assert [type(f).__name__ for f in dispatched] == ["StatusQuery", "Shutdown"]
 
 
-async def test_the_token_is_compared_in_constant_time(
+async def test_both_proofs_are_compared_in_constant_time(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[bytes, bytes]] = []
@@ -310,18 +398,142 @@ async def test_the_token_is_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # what the socket door calls
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # what the socket door and both clients call
+    nonces: list[str] = []
+
+    def fresh() -> str:
+        nonces.append(new_nonce())
+        return nonces[-1]
+
+    monkeypatch.setattr(sync_client, "new_nonce", fresh)  # both clients' handshakes
     async with open_stack(short_dir, ("first",)) as st:
-        assert text_of(await st.ask()) == ANSWER
-        await trio.to_thread.run_sync(_exchange, st.socket, encode_frame(Hello(version=1, token="nope")))
-        token = read_token().encode()
-        assert calls == [(token, token), (b"nope", token)]
+        assert text_of(await st.ask()) == ANSWER  # the async client
+        token = _token(st)
+
+        def sync_status() -> None:
+            with Client(st.socket, timeout=10) as c:
+                c.status()
+
+        await trio.to_thread.run_sync(sync_status)
+        # Per good connection: the daemon checks the client's proof, then the client the daemon's.
+        expected = [
+            (proof.encode(), proof.encode())
+            for n in nonces
+            for proof in (client_proof(token, n), server_proof(token, n))
+        ]
+        assert len(nonces) == 2 and calls == expected
+        calls.clear()
+        bad = Hello(version=PROTOCOL_VERSION, nonce="ab" * 16, proof="nope")
+        await trio.to_thread.run_sync(_exchange, st.socket, encode_frame(bad))
+        assert calls == [(b"nope", client_proof(token, "ab" * 16).encode())]
 
 
 async def _still_serving(st: Stack, dispatched: list[object]) -> None:
     with trio.fail_after(10):
         assert text_of(await st.ask()) == ANSWER
     assert len(st.sims["first"].requests) == 1 and len(dispatched) == 1
+
+
+# ------------------------------------------------------------------ a process that is not the daemon
+
+STALE_TOKEN = "stale-token-of-a-dead-daemon-" + "s" * 14
+NOT_YOURS = "could not prove it is your daemon"
+
+
+@asynccontextmanager
+async def squatter(path: Path, reply: Callable[[Hello], bytes]) -> AsyncIterator[bytearray]:
+    """What a client meets after a daemon died leaving its files: another process on the port they name.
+
+    A plain loopback listener that records every byte the one client sends, answers the hello
+    with `reply(hello)` and reads on until the client hangs up; the bytes are checked on exit.
+    """
+    token_file = token_path(path)
+    write_private(token_file, STALE_TOKEN.encode() + b"\n")  # the dead daemon's (the client reads it)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    write_endpoint(path, Endpoint(host="127.0.0.1", port=port, pid=999_999, token_file=str(token_file)))
+    received = bytearray()
+
+    async def serve() -> None:
+        stream = await listeners[0].accept()
+        async with stream:
+            decoder, answered = FrameDecoder(), False
+            while data := await stream.receive_some(65536):
+                received.extend(data)
+                bodies = decoder.feed(data)
+                if bodies and not answered:
+                    answered = True
+                    hello = client_decoder.decode(bodies[0])
+                    assert isinstance(hello, Hello)
+                    await stream.send_all(reply(hello))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            yield received
+    await listeners[0].aclose()
+    _only_a_hello_was_sent(bytes(received))
+
+
+def _only_a_hello_was_sent(data: bytes) -> None:
+    assert STALE_TOKEN.encode() not in data  # the token never travels
+    size = int.from_bytes(data[:4], "big")
+    assert len(data) == 4 + size, "the client sent something after its hello"
+    hello = client_decoder.decode(data[4:])
+    assert isinstance(hello, Hello) and valid_nonce(hello.nonce)
+    assert hello.proof == client_proof(STALE_TOKEN, hello.nonce)
+
+
+def _welcome(proof: str) -> bytes:
+    return encode_frame(Welcome(version=PROTOCOL_VERSION, server="combined-models 9", pid=1, proof=proof))
+
+
+_REPLIES: dict[str, Callable[[Hello], bytes]] = {
+    "welcome-without-proof": lambda hello: _welcome(""),
+    "welcome-with-a-made-up-proof": lambda hello: _welcome("0" * 64),
+    "welcome-reflecting-the-hello": lambda hello: _welcome(hello.proof),
+    "welcome-proving-another-token": lambda hello: _welcome(server_proof("x" * 43, hello.nonce)),
+}
+
+
+@pytest.mark.parametrize("reply", list(_REPLIES.values()), ids=list(_REPLIES))
+async def test_the_sync_client_refuses_a_welcome_that_proves_nothing(
+    short_dir: Path, reply: Callable[[Hello], bytes]
+) -> None:
+    path = short_dir / "d.sock"
+    async with squatter(path, reply):
+
+        def connect() -> None:
+            with Client(path, timeout=5) as c:
+                c.status()  # never sent
+
+        with pytest.raises(
+            DaemonUnavailable, match=f"127.0.0.1:[0-9]+ {NOT_YOURS} \\(a stale endpoint file\\?\\)"
+        ):
+            await trio.to_thread.run_sync(connect)
+
+
+@pytest.mark.parametrize("reply", list(_REPLIES.values()), ids=list(_REPLIES))
+async def test_the_async_client_refuses_a_welcome_that_proves_nothing(
+    short_dir: Path, reply: Callable[[Hello], bytes]
+) -> None:
+    path = short_dir / "d.sock"
+    async with squatter(path, reply):
+        with pytest.raises(DaemonUnavailable, match=f"127.0.0.1:[0-9]+ {NOT_YOURS}"):
+            async with open_client(path) as c:
+                await c.status()  # never sent
+
+
+async def test_a_silent_listener_learns_no_token(short_dir: Path) -> None:
+    path = short_dir / "d.sock"
+    async with squatter(path, lambda hello: b""):
+
+        def connect() -> None:
+            with Client(path, timeout=0.5):
+                pass
+
+        with pytest.raises(ConnectionClosed):
+            await trio.to_thread.run_sync(connect)
 
 
 # ------------------------------------------------------------------ claiming the address
@@ -335,9 +547,10 @@ def test_a_stale_endpoint_file_is_replaced(short_dir: Path) -> None:
     write_endpoint(path, Endpoint(host="127.0.0.1", port=port, pid=999_999))
     with claim_endpoint(path, "tcp") as sock:
         assert read_endpoint(path) == Endpoint(
-            host="127.0.0.1", port=sock.getsockname()[1], pid=os.getpid(), token_file=str(token_path())
+            host="127.0.0.1", port=sock.getsockname()[1], pid=os.getpid(), token_file=str(token_path(path))
         )
-    assert not path.exists()
+        assert token_path(path).exists()
+    assert not path.exists() and not token_path(path).exists()
     path.write_text("not an endpoint file\n")  # a damaged one: nothing can be reached through it
     path.chmod(0o600)
     with claim_endpoint(path, "tcp"):

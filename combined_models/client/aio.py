@@ -22,14 +22,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ..chat import ChatRequest, DoneEvent, ErrorEvent, StreamEvent
 from ..paths import socket_path as default_socket_path
 from ..protocol import (
-    PROTOCOL_VERSION,
     Cancel,
     Chat,
     ClientFrame,
     Error,
     Event,
     FrameDecoder,
-    Hello,
     ModelsInfo,
     ModelsQuery,
     ModelsReply,
@@ -46,7 +44,15 @@ from ..protocol import (
     encode_frame,
     server_decoder,
 )
-from .sync import ConnectionClosed, DaemonUnavailable, check_same_user, error_event, locate, make_request
+from .sync import (
+    ConnectionClosed,
+    DaemonUnavailable,
+    Handshake,
+    check_same_user,
+    error_event,
+    locate,
+    make_request,
+)
 
 _Item = ServerFrame | ConnectionClosed
 
@@ -206,8 +212,12 @@ async def open_client(socket_path: str | os.PathLike[str] | None = None) -> Asyn
             check_same_user(stream.extra(anyio.abc.SocketAttribute.raw_socket), path)
         client = AsyncClient(stream)
         decoder = FrameDecoder()
-        token = found[1] if found is not None else ""
-        await client._send(Hello(version=PROTOCOL_VERSION, client="combined-models-async", token=token))
+        handshake = (
+            Handshake(found[1], found[0].address, "combined-models-async")
+            if found is not None
+            else Handshake("", "", "combined-models-async")
+        )
+        await client._send(handshake.hello)
         # The welcome arrives before any reply; read it before starting the router.
         while True:
             try:
@@ -222,6 +232,7 @@ async def open_client(socket_path: str | os.PathLike[str] | None = None) -> Asyn
             raise ConnectionClosed(f"{first.kind}: {first.message}")
         if not isinstance(first, Welcome):
             raise ConnectionClosed(f"unexpected first frame: {first!r}")
+        handshake.check(first)  # before any other frame is sent; leaving closes the stream
         client.welcome = first
         async with anyio.create_task_group() as tg:
             tg.start_soon(client._read_loop, decoder)

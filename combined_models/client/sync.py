@@ -44,7 +44,19 @@ from ..protocol import (
     encode_frame,
     server_decoder,
 )
-from ..transport import Endpoint, TransportError, connect_tcp, is_endpoint_file, read_endpoint, read_token
+from ..transport import (
+    Endpoint,
+    TransportError,
+    client_proof,
+    connect_tcp,
+    is_endpoint_file,
+    new_nonce,
+    proof_matches,
+    read_endpoint,
+    read_token,
+    server_proof,
+    token_path,
+)
 
 
 class DaemonUnavailable(Exception):
@@ -98,15 +110,38 @@ def locate(path: Path) -> tuple[Endpoint, str] | None:
         return None
     try:
         endpoint = read_endpoint(path)
-        return endpoint, read_token(Path(endpoint.token_file) if endpoint.token_file else None)
+        return endpoint, read_token(Path(endpoint.token_file) if endpoint.token_file else token_path(path))
     except FileNotFoundError:
         raise DaemonUnavailable(f"no daemon at {path}") from None
     except TransportError as e:
         raise DaemonUnavailable(f"cannot reach the daemon at {path}: {e}") from None
 
 
+class Handshake:
+    """The client's half of the TCP handshake: a hello proving it holds the token, and the check of the welcome.
+
+    The token itself is never sent. A welcome that does not prove the daemon holds it too
+    (a process squatting the port a dead daemon left in its endpoint file, say) is refused
+    before anything else is sent. With no token (a Unix socket) the hello carries no proof
+    and the welcome is not checked: peer credentials proved the user.
+    """
+
+    def __init__(self, token: str, address: str, client: str) -> None:
+        self.token, self.address = token, address
+        self.nonce = new_nonce() if token else ""
+        proof = client_proof(token, self.nonce) if token else ""
+        self.hello = Hello(version=PROTOCOL_VERSION, client=client, nonce=self.nonce, proof=proof)
+
+    def check(self, welcome: Welcome) -> None:
+        """Raise DaemonUnavailable unless `welcome` proves the daemon holds the token."""
+        if self.token and not proof_matches(welcome.proof, server_proof(self.token, self.nonce)):
+            raise DaemonUnavailable(
+                f"the process at {self.address} could not prove it is your daemon (a stale endpoint file?)"
+            )
+
+
 def connect_socket(path: Path, timeout: float | None) -> tuple[socket.socket, str]:
-    """A connected socket to the daemon at `path`, and the token its hello must carry ("" for a Unix socket).
+    """A connected socket to the daemon at `path`, and the token its hello must prove ("" for a Unix socket).
 
     A Unix socket is checked to be served by this user before it is returned.
     """
@@ -133,6 +168,17 @@ def connect_socket(path: Path, timeout: float | None) -> tuple[socket.socket, st
     return sock, ""
 
 
+def _peer_address(sock: socket.socket) -> str:
+    """host:port of a TCP peer (for messages); "" for a Unix socket."""
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return ""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "the daemon's address"
+    return f"{host}:{port}"
+
+
 class Client:
     """One connection to the daemon; one request at a time (use several clients for parallel work)."""
 
@@ -150,12 +196,18 @@ class Client:
     def connect(self) -> Client:
         sock, token = connect_socket(self.socket_path, self._timeout)
         self._sock = sock
-        self._send(Hello(version=PROTOCOL_VERSION, client="combined-models-client", token=token))
-        frame = self._recv()
-        if isinstance(frame, Error):
-            raise ConnectionClosed(f"{frame.kind}: {frame.message}")
-        if not isinstance(frame, Welcome):
-            raise ConnectionClosed(f"unexpected first frame {type(frame).__name__}")
+        try:
+            handshake = Handshake(token, _peer_address(sock), "combined-models-client")
+            self._send(handshake.hello)
+            frame = self._recv()
+            if isinstance(frame, Error):
+                raise ConnectionClosed(f"{frame.kind}: {frame.message}")
+            if not isinstance(frame, Welcome):
+                raise ConnectionClosed(f"unexpected first frame {type(frame).__name__}")
+            handshake.check(frame)  # before any other frame is sent
+        except BaseException:
+            self.close()
+            raise
         self.welcome = frame
         return self
 

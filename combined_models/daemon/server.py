@@ -30,11 +30,12 @@ from ..transport import (
     Transport,
     TransportError,
     choose_transport,
+    create_token,
     is_endpoint_file,
-    load_or_create_token,
     probe_tcp,
     read_endpoint,
     remember_token,
+    remove_token,
     token_path,
     write_endpoint,
 )
@@ -64,10 +65,11 @@ def claim_endpoint(
     """Listen at `path`, making sure no live daemon serves it; a stale endpoint of a killed daemon is replaced.
 
     `unix`: a Unix socket bound at `path` (0600). `tcp`: a socket on 127.0.0.1 (a free port),
-    named by the endpoint file written at `path` (`transport.py`), its token kept in
-    `token_file` (default: `socket-token` in the state dir). `None`: the environment's or
-    the platform's choice. A lock file beside `path`, held for the daemon's life, settles
-    races between two daemons starting at once. On exit the socket or endpoint file goes.
+    named by the endpoint file written at `path` (`transport.py`), with a token made afresh
+    and kept 0600 in `token_file` (default: `transport.token_path(path)`, a state file of
+    that path's own). `None`: the environment's or the platform's choice. A lock file beside
+    `path`, held for the daemon's life, settles races between two daemons starting at once.
+    On exit the socket, or the endpoint file and then the token file, go.
     """
     transport = transport or choose_transport(None)
     if transport == "unix":
@@ -88,13 +90,16 @@ def claim_endpoint(
             if _answers(path):
                 raise AlreadyRunning(f"a daemon is already serving {path}")
             path.unlink()  # stale: its daemon is gone
-        sock = _listen_unix(path) if transport == "unix" else _listen_tcp(path, token_file or token_path())
+        tokens = None if transport == "unix" else (token_file or token_path(path))
+        sock = _listen_unix(path) if tokens is None else _listen_tcp(path, tokens)
         try:
             yield sock
         finally:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            if tokens is not None:
+                remove_token(tokens)  # after the endpoint file: no client finds one without the other
     finally:
         os.close(lock_fd)
 
@@ -139,8 +144,12 @@ def _listen_unix(path: Path) -> pysocket.socket:
 
 
 def _listen_tcp(path: Path, token_file: Path) -> pysocket.socket:
-    """A loopback socket on a free port, and the endpoint file naming it (and the token file) at `path`."""
-    token = load_or_create_token(token_file)  # before any client can look for it
+    """A loopback socket on a free port, and the endpoint file naming it (and the token file) at `path`.
+
+    The token is new at each start: one a dead daemon's clients (or a process that squatted
+    its port) knew proves nothing to this one.
+    """
+    token = create_token(token_file)  # before any client can look for it
     sock = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_STREAM)
     try:
         sock.bind((TCP_HOST, 0))
@@ -151,6 +160,7 @@ def _listen_tcp(path: Path, token_file: Path) -> pysocket.socket:
         write_endpoint(path, endpoint)
     except BaseException:
         sock.close()
+        remove_token(token_file)
         raise
     return sock
 
@@ -377,8 +387,7 @@ async def open_daemon(
 ) -> Server:
     """Start a daemon inside `nursery` (tests and the demo); returns once it listens.
 
-    `token_file`: where a tcp daemon keeps its token, instead of the state dir (the demo leaves
-    nothing behind).
+    `token_file`: where a tcp daemon keeps its token, instead of its default state file.
     """
     server = make_server(cfg, socket_path, persist=persist)
     if token_file is None:

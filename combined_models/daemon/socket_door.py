@@ -1,8 +1,10 @@
 """The socket door: the msgpack protocol on the daemon's Unix socket, one task per connection.
 
-Over the tcp transport (`transport.py`) each connection must first send a hello carrying
-the socket token (at most MAX_HELLO bytes, within the partial-frame timeout); until it
-has, nothing else is read, and anything else gets one error and the connection closes.
+Over the tcp transport (`transport.py`) each connection must first send a hello proving
+it holds the socket token (a nonce and its HMAC under the token; at most MAX_HELLO bytes,
+within the partial-frame timeout); until it has, nothing else is read, and anything else
+gets one error and the connection closes. The welcome proves in turn that the daemon
+holds the token (an HMAC of the same nonce under another label).
 
 Requests are multiplexed by id. A malformed, oversized, too deeply nested or
 wrong-typed frame gets an error frame and closes that connection; every other
@@ -16,7 +18,6 @@ upstream requests at once. The door sees the daemon only through its facade.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import math
 import os
@@ -57,7 +58,16 @@ from ..protocol import (
     client_decoder,
     encode_frame,
 )
-from ..transport import HANDSHAKE_FAILED, MAX_HELLO, claimed_token, load_or_create_token
+from ..transport import (
+    HANDSHAKE_FAILED,
+    MAX_HELLO,
+    TransportError,
+    claimed_token,
+    client_proof,
+    proof_matches,
+    server_proof,
+    valid_nonce,
+)
 from .accept import Door
 from .containment import contained
 from .facade import DaemonFacade
@@ -86,7 +96,7 @@ class SocketDoor:
         self._accepting = trio.CancelScope()
         self._serving = trio.CancelScope()  # the accept loop and every connection
         self.transport = ""  # "unix" or "tcp", once running
-        # Over TCP, the token each connection's hello must carry before anything else is read.
+        # Over TCP, the token each connection's hello must prove it holds before anything else is read.
         self.token: str | None = None
 
     async def run(
@@ -99,13 +109,15 @@ class SocketDoor:
         """Accept on `sock` (bound and listening) and serve each connection, until `hang_up`.
 
         A Unix socket needs no token (peer credentials prove the user). Any other socket
-        (loopback TCP) requires `token`: by default the one `claim_endpoint` made it with,
-        else the one kept in the state dir.
+        (loopback TCP) requires `token`: by default the one `claim_endpoint` made it with.
         """
         if sock.family == getattr(pysocket, "AF_UNIX", None):
             self.transport, self.token = "unix", None
         else:
-            self.transport, self.token = "tcp", token or claimed_token(sock) or load_or_create_token()
+            token = token or claimed_token(sock)
+            if not token:
+                raise TransportError("a TCP socket needs a token: claim it with `claim_endpoint`")
+            self.transport, self.token = "tcp", token
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         with self._serving:
             async with trio.open_nursery() as connections:
@@ -213,10 +225,11 @@ class Connection:
             return b""
 
     async def _handshake(self, token: str) -> tuple[Hello, bytes] | None:
-        """The first frame of a TCP connection: a hello carrying `token`, with the bytes read past it.
+        """The first frame of a TCP connection: a hello proving it holds `token`, with the bytes read past it.
 
         Nothing else is read or handled before it. It must come whole within the partial-frame
-        timeout (counted from the connection's start) and hold at most MAX_HELLO bytes; anything
+        timeout (counted from the connection's start), hold at most MAX_HELLO bytes and carry a
+        nonce (MIN_NONCE..MAX_NONCE hex digits) with its client proof under `token`; anything
         else gets one error, naming nothing about the token, and None (the connection closes).
         """
         buf = bytearray()
@@ -235,14 +248,14 @@ class Connection:
         if 0 <= size <= MAX_HELLO and len(buf) >= 4 + size:
             with contextlib.suppress(msgspec.DecodeError, TooDeep):
                 frame = decode_bounded(client_decoder.decode, bytes(buf[4 : 4 + size]))
-        if not isinstance(frame, Hello) or not _token_matches(frame.token, token):
+        if not isinstance(frame, Hello) or not _proves_token(frame, token):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._fail(ErrorKind.PROTOCOL_ERROR, HANDSHAKE_FAILED)
             return None
         return frame, bytes(buf[4 + size :])
 
-    async def _greet(self, frame: ClientFrame) -> bool:
-        """Answer the first frame: a hello of our version gets `welcome`; else an error, and False."""
+    async def _greet(self, frame: ClientFrame, proof: str = "") -> bool:
+        """Answer the first frame: a hello of our version gets `welcome` (with `proof`); else an error, and False."""
         if not isinstance(frame, Hello):
             await self._fail(ErrorKind.PROTOCOL_ERROR, "the first frame must be a hello")
             return False
@@ -253,7 +266,12 @@ class Connection:
             )
             return False
         await self.send(
-            Welcome(version=PROTOCOL_VERSION, server=f"combined-models {__version__}", pid=os.getpid())
+            Welcome(
+                version=PROTOCOL_VERSION,
+                server=f"combined-models {__version__}",
+                pid=os.getpid(),
+                proof=proof,
+            )
         )
         return True
 
@@ -267,7 +285,7 @@ class Connection:
             if shook is None:
                 return
             hello, pending = shook
-            if not await self._greet(hello):
+            if not await self._greet(hello, server_proof(token, hello.nonce)):
                 return
             greeted = True
         incomplete_since = 0.0  # when the first bytes of the frame still incomplete arrived
@@ -483,9 +501,9 @@ def encode_reply(frame: ServerFrame) -> bytes:
                 raise
 
 
-def _token_matches(presented: str, token: str) -> bool:
-    """Constant-time comparison: the time taken tells nothing about the token."""
-    return hmac.compare_digest(presented.encode(), token.encode())
+def _proves_token(hello: Hello, token: str) -> bool:
+    """Whether `hello` carries a well-formed nonce and its client proof under `token` (compared in constant time)."""
+    return valid_nonce(hello.nonce) and proof_matches(hello.proof, client_proof(token, hello.nonce))
 
 
 def _same_user(stream: trio.SocketStream) -> bool:
