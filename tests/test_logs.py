@@ -283,3 +283,21 @@ def test_closing_writes_what_waits_and_a_message_is_merged_when_logged() -> None
     handler.close()
     assert disk.lines[0] == "value ['first']"
     assert len(disk.lines) == 101
+
+
+async def test_a_provider_back_to_ready_gets_a_health_line(
+    short_dir: Path, caplog: pytest.LogCaptureFixture, clock: trio.testing.MockClock
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with open_stack(short_dir) as st:
+        st.sims["first"].push_fault(Fault(kind="status", status=503))
+        with trio.fail_after(10):
+            assert done_of(await st.ask()).provider == "second"
+        clock.jump(60)  # past the cooldown: the next request probes first, and it answers
+        with trio.fail_after(10):
+            assert done_of(await st.ask()).provider == "first"
+    health = lines_of(caplog, "health")
+    assert [(h["provider"], h["state"], h["reason"]) for h in health] == [
+        ("first", "cooldown", "overloaded"),
+        ("first", "ready", "recovered"),
+    ]

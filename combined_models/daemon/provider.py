@@ -453,8 +453,11 @@ class ProviderActor:
                 raise
             finally:
                 self._in_flight -= 1
+            now = trio.current_time()
+            before, _ = self._health.summary(now, self._offered)
             trips = (self._health.provider, self._health.breaker(model))
             self._health.succeed(model)
+            self._log_health_change(model, before, now, "recovered")
             if self.health_listener is not None:  # a probe closed a breaker: told, for what it is worth
                 for level, was in zip(("", model), trips, strict=True):
                     if was.state is State.PROBING and self._health.breaker(level).state is State.READY:
@@ -510,17 +513,21 @@ class ProviderActor:
                     b.state is not was.state or b.until > was.until
                 ):
                     self.health_listener(self, level, b)
-        state, cooldown = self._health.summary(now, self._offered)
-        if state is not before:
-            event: dict[str, object] = {"event": "health", "provider": self.id, "model": model}
-            event |= {"state": state.value, "reason": e.kind.value, "cooldown_s": round(cooldown, 3)}
-            health_log.info("health %s %s", self.id, state.value, extra={"event": event})
+        self._log_health_change(model, before, now, e.kind.value)
         if e.kind in NO_PENALTY:
             return
         self._failures += 1
         self._recent.append(False)
         self._last_error = e.message
         self._last_error_kind = e.kind.value
+
+    def _log_health_change(self, model: str, before: State, now: float, reason: str) -> None:
+        """One `health` line when the provider's state (as status shows it) changed: cooling, or back."""
+        state, cooldown = self._health.summary(now, self._offered)
+        if state is not before:
+            event: dict[str, object] = {"event": "health", "provider": self.id, "model": model}
+            event |= {"state": state.value, "reason": reason, "cooldown_s": round(cooldown, 3)}
+            health_log.info("health %s %s", self.id, state.value, extra={"event": event})
 
     def first_token_timeout(self, request: ChatRequest) -> float:
         """The first-token limit, scaled up for long prompts (they take longer to read)."""
