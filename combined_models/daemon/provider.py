@@ -453,15 +453,8 @@ class ProviderActor:
                 raise
             finally:
                 self._in_flight -= 1
-            now = trio.current_time()
-            before, _ = self._health.summary(now, self._offered)
-            trips = (self._health.provider, self._health.breaker(model))
-            self._health.succeed(model)
-            self._log_health_change(model, before, now, "recovered")
-            if self.health_listener is not None:  # a probe closed a breaker: told, for what it is worth
-                for level, was in zip(("", model), trips, strict=True):
-                    if was.state is State.PROBING and self._health.breaker(level).state is State.READY:
-                        self.health_listener(self, level, self._health.breaker(level))
+            with self._health_change(model, "recovered"):
+                self._health.succeed(model)
             self._recent.append(True)
             self._input_tokens += finished.usage.input_tokens
             self._cache_read_tokens += finished.usage.cache_read_tokens
@@ -502,18 +495,8 @@ class ProviderActor:
         )
 
     def _record_failure(self, model: str, e: UpstreamError) -> None:
-        now = trio.current_time()
-        before, _ = self._health.summary(now, self._offered)
-        trips = (self._health.provider, self._health.breaker(model))
-        self._health.fail(model, now, e.kind, e.retry_after)
-        if self.health_listener is not None:
-            for level, was in zip(("", model), trips, strict=True):
-                b = self._health.breaker(level)
-                if b.state in (State.COOLDOWN, State.DOWN) and (
-                    b.state is not was.state or b.until > was.until
-                ):
-                    self.health_listener(self, level, b)
-        self._log_health_change(model, before, now, e.kind.value)
+        with self._health_change(model, e.kind.value):
+            self._health.fail(model, trio.current_time(), e.kind, e.retry_after)
         if e.kind in NO_PENALTY:
             return
         self._failures += 1
@@ -521,13 +504,29 @@ class ProviderActor:
         self._last_error = e.message
         self._last_error_kind = e.kind.value
 
-    def _log_health_change(self, model: str, before: State, now: float, reason: str) -> None:
-        """One `health` line when the provider's state (as status shows it) changed: cooling, or back."""
+    @contextlib.contextmanager
+    def _health_change(self, model: str, reason: str) -> Iterator[None]:
+        """Around a verdict on `model`: afterwards, one `health` line when the provider's state (as
+        status shows it) changed, and the shared listener told of each breaker that started or
+        lengthened a cooldown, or that a probe closed."""
+        now = trio.current_time()
+        before, _ = self._health.summary(now, self._offered)
+        trips = (self._health.provider, self._health.breaker(model))
+        yield
         state, cooldown = self._health.summary(now, self._offered)
         if state is not before:
             event: dict[str, object] = {"event": "health", "provider": self.id, "model": model}
             event |= {"state": state.value, "reason": reason, "cooldown_s": round(cooldown, 3)}
             health_log.info("health %s %s", self.id, state.value, extra={"event": event})
+        if self.health_listener is None:
+            return
+        for level, was in zip(("", model), trips, strict=True):
+            b = self._health.breaker(level)
+            cooler = b.state in (State.COOLDOWN, State.DOWN) and (
+                b.state is not was.state or b.until > was.until
+            )
+            if cooler or (was.state is State.PROBING and b.state is State.READY):
+                self.health_listener(self, level, b)
 
     def first_token_timeout(self, request: ChatRequest) -> float:
         """The first-token limit, scaled up for long prompts (they take longer to read)."""
