@@ -312,19 +312,19 @@ async def test_login_github_copilot_runs_the_device_flow_and_the_daemon_uses_the
 
 
 def test_the_default_runtime_dir_is_private_and_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    from combined_models.daemon.server import claim_socket
+    from combined_models.daemon.server import claim_endpoint
     from combined_models.paths import PathError, runtime_dir, socket_path
 
     sock = socket_path()
     assert sock.parent == runtime_dir()
-    with claim_socket(sock):
+    with claim_endpoint(sock):
         assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     assert not sock.exists()
     sock.parent.chmod(0o755)
-    with claim_socket(sock):  # too open: tightened again
+    with claim_endpoint(sock):  # too open: tightened again
         assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     if os.getuid() == 0:  # only root can hand the dir to someone else
         os.chown(sock.parent, 12345, 12345)
-        with pytest.raises(PathError, match="not to you"), claim_socket(sock):
+        with pytest.raises(PathError, match="not to you"), claim_endpoint(sock):
             pass

@@ -30,7 +30,7 @@ from combined_models.client.aio import open_client
 from combined_models.config import HttpConfig, LimitsConfig
 from combined_models.daemon.facade import CountResult, DaemonFacade, Send
 from combined_models.daemon.gateway import Gateway
-from combined_models.daemon.server import claim_socket
+from combined_models.daemon.server import claim_endpoint
 from combined_models.daemon.socket_door import SocketDoor
 from combined_models.protocol import (
     PROTOCOL_VERSION,
@@ -366,7 +366,7 @@ async def test_both_doors_serve_a_facade_side_by_side_with_no_server(short_dir: 
     doors: DaemonFacade = fake  # what the doors are typed to take: the facade, never a server
     socket_door, gateway = SocketDoor(doors), Gateway(doors)
     path = short_dir / "d.sock"
-    with claim_socket(path) as sock:
+    with claim_endpoint(path) as sock:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
             await nursery.start(socket_door.run, sock)

@@ -104,9 +104,6 @@ def claim_endpoint(
         os.close(lock_fd)
 
 
-claim_socket = claim_endpoint  # the name it had when only Unix sockets existed
-
-
 def _answers(path: Path) -> bool:
     """Whether a daemon answers at `path`: its Unix socket, or the port its endpoint file names."""
     if is_endpoint_file(path):
